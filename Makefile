@@ -1,0 +1,39 @@
+# The front door: `make run` and `make test` are all a fresh machine with Python 3.11+ needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint fmt bench bench-bulk clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: install          ## the service with demo data on the embedded PostgreSQL
+	$(BIN)/coupon demo
+
+test: install         ## the whole suite against a real PostgreSQL
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check coupon tests loadtest
+	$(BIN)/ruff format --check coupon tests loadtest
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format coupon tests loadtest
+	$(BIN)/ruff check --fix coupon tests loadtest
+
+bench: bench-bulk     ## every benchmark; figures go to BENCHMARKS.md by hand
+
+bench-bulk: install   ## 1,000,000 households: import and tranche opening
+	$(BIN)/python -m loadtest.bulk --households 1000000
+
+clean:
+	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out

@@ -1,0 +1,1 @@
+"""Coupon: the transaction processor of an electronic goods-coupon programme."""

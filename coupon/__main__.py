@@ -1,0 +1,3 @@
+from coupon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP surface: thin handlers, the route table, and middleware (auth, errors, logging)."""

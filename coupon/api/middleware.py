@@ -1,0 +1,97 @@
+"""The two middlewares: domain errors -> the SPEC error body, and one log line per request."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import structlog
+from aiohttp import web
+
+from coupon import db, errors
+from coupon.api import keys
+from coupon.api.common import json_response
+
+log = structlog.get_logger("coupon.http")
+
+
+def error_response(exc: errors.CouponError, request_id: str | None = None) -> web.Response:
+    """The SPEC error body for a domain error."""
+    headers = {"Retry-After": "1"} if isinstance(exc, errors.ServiceUnavailable) else None
+    return _error(exc.status, exc.code, exc.message, exc.details, request_id, headers)
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    details: object = None,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, object] = {"code": code, "message": message, "details": details}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return json_response({"error": body}, status=status, headers=headers)
+
+
+_HTTP_CODES = {
+    404: ("not_found", "no such endpoint"),
+    405: ("method_not_allowed", "method not allowed on this endpoint"),
+    413: ("payload_too_large", "the request body is too large"),
+}
+
+
+@web.middleware
+async def handle_errors(request: web.Request, handler: keys.Handler) -> web.StreamResponse:
+    """Every failure leaves as {"error": {code, message, details}}; bugs as a 500 with an id."""
+    try:
+        return await handler(request)
+    except errors.CouponError as exc:
+        request[keys.LOG]["error"] = exc.code
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        request[keys.LOG]["error"] = code
+        return _error(exc.status, code, message)
+    except Exception as exc:
+        translated = db.translate(exc)
+        if translated is not None:
+            request[keys.LOG]["error"] = translated.code
+            if isinstance(translated, errors.ServiceUnavailable):
+                log.warning("database_unavailable", error=type(exc).__name__)
+            return error_response(translated)
+        incident = secrets.token_hex(8)
+        log.exception("unhandled_error", incident=incident, path=request.path)
+        request[keys.LOG]["error"] = "internal_error"
+        return error_response(errors.CouponError("internal error"), request_id=incident)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: keys.Handler) -> web.StreamResponse:
+    """One JSON line per request: route, status, latency, who; never a secret or a full id."""
+    started = time.perf_counter()
+    fields: dict[str, object] = {}
+    request[keys.LOG] = fields
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        metrics = request.app[keys.METRICS]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        log.info(
+            "request",
+            method=request.method,
+            route=route,
+            status=status,
+            latency_ms=round(elapsed * 1000, 2),
+            **fields,
+        )

@@ -1,0 +1,128 @@
+"""The route table: every endpoint once, with what /openapi.json says about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from coupon.api import admin, system
+from coupon.api.keys import Handler
+from coupon.models import (
+    Health,
+    Household,
+    ImportResponse,
+    Merchant,
+    MerchantCreate,
+    MerchantCreated,
+    StatusChange,
+    Terminal,
+    TerminalCreated,
+    TrancheCreate,
+    TrancheCreated,
+    TrancheList,
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: str  # "none" | "terminal" | "operator" | "auditor" | "operator,auditor"
+    body: type[BaseModel] | str | None = None  # a model, or a media type for raw bodies
+    responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    tag: str = "system"
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/healthz",
+        system.healthz,
+        "Liveness and database reachability",
+        "none",
+        responses={200: Health, 503: Health},
+    ),
+    Route("GET", "/metrics", system.metrics, "Prometheus metrics", "none"),
+    Route("GET", "/openapi.json", system.openapi, "This document", "none"),
+    Route(
+        "POST",
+        "/v1/admin/households/import",
+        admin.import_households,
+        "Upsert households from CSV (national_id,province,members,decile[,status])",
+        "operator",
+        body="text/csv",
+        responses={200: ImportResponse},
+        tag="operator",
+    ),
+    Route(
+        "PATCH",
+        "/v1/admin/households/{national_id}",
+        admin.patch_household,
+        "Suspend or reactivate a household",
+        "operator",
+        body=StatusChange,
+        responses={200: Household},
+        tag="operator",
+    ),
+    Route(
+        "POST",
+        "/v1/admin/tranches",
+        admin.create_tranche,
+        "Open a tranche and credit every eligible household",
+        "operator",
+        body=TrancheCreate,
+        responses={201: TrancheCreated},
+        tag="operator",
+    ),
+    Route(
+        "GET",
+        "/v1/admin/tranches",
+        admin.list_tranches,
+        "All tranches",
+        "operator",
+        responses={200: TrancheList},
+        tag="operator",
+    ),
+    Route(
+        "POST",
+        "/v1/admin/merchants",
+        admin.create_merchant,
+        "Register a store",
+        "operator",
+        body=MerchantCreate,
+        responses={201: MerchantCreated},
+        tag="operator",
+    ),
+    Route(
+        "PATCH",
+        "/v1/admin/merchants/{id}",
+        admin.patch_merchant,
+        "Suspend or reactivate a store",
+        "operator",
+        body=StatusChange,
+        responses={200: Merchant},
+        tag="operator",
+    ),
+    Route(
+        "POST",
+        "/v1/admin/merchants/{id}/terminals",
+        admin.create_terminal,
+        "Register a POS terminal; its secret is shown only in this response",
+        "operator",
+        responses={201: TerminalCreated},
+        tag="operator",
+    ),
+    Route(
+        "PATCH",
+        "/v1/admin/terminals/{id}",
+        admin.patch_terminal,
+        "Suspend or reactivate a POS terminal",
+        "operator",
+        body=StatusChange,
+        responses={200: Terminal},
+        tag="operator",
+    ),
+)

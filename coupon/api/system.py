@@ -1,0 +1,30 @@
+"""Health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coupon import db
+from coupon.api import keys
+from coupon.api.common import json_response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[keys.POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1", timeout=2)
+    except db.UNAVAILABLE:
+        return json_response({"status": "unavailable", "database": False}, status=503)
+    return json_response({"status": "ok", "database": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[keys.METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from coupon.api.openapi import document
+
+    return json_response(document())

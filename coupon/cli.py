@@ -1,0 +1,249 @@
+"""The `coupon` command: db init, serve, token create, households import, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from coupon import db, households, logs, tokens
+from coupon.config import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    settings = Settings()
+    logs.configure(settings.log_level)
+    result: int = args.run(settings, args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coupon", description=__doc__)
+    sub = parser.add_subparsers()
+
+    dbp = sub.add_parser("db", help="database schema").add_subparsers()
+    init = dbp.add_parser("init", help="apply schema.sql (idempotent)")
+    init.set_defaults(run=_db_init)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=_serve)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers()
+    create = token.add_parser("create", help="create an operator or auditor token")
+    create.add_argument("--role", required=True, choices=["operator", "auditor"])
+    create.add_argument("--name", default="")
+    create.set_defaults(run=_token_create)
+
+    hh = sub.add_parser("households", help="households").add_subparsers()
+    imp = hh.add_parser("import", help="import households from a CSV file")
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(run=_households_import)
+
+    demo = sub.add_parser("demo", help="load demo data and serve it")
+    demo.add_argument("--host", default=None)
+    demo.add_argument("--port", type=int, default=None)
+    demo.add_argument("--no-serve", action="store_true", help="load the data and exit")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _with_database(
+    settings: Settings, work: Callable[[db.Connection], Awaitable[Any]], init: bool = True
+) -> Any:
+    """Run work on one connection (embedded PostgreSQL started and stopped around it)."""
+
+    async def run() -> Any:
+        async with db.database_url(settings) as dsn:
+            import asyncpg
+
+            conn = await asyncpg.connect(dsn)
+            try:
+                if init:
+                    await db.apply_schema(conn, settings.counter_shards)
+                return await work(conn)
+            finally:
+                await conn.close()
+
+    return asyncio.run(run())
+
+
+def _db_init(settings: Settings, args: argparse.Namespace) -> int:
+    async def noop(conn: db.Connection) -> None:
+        return None
+
+    _with_database(settings, noop)
+    print("schema applied")
+    return 0
+
+
+def _token_create(settings: Settings, args: argparse.Namespace) -> int:
+    async def create(conn: db.Connection) -> str:
+        return await tokens.create_token(conn, args.role, args.name)
+
+    token = _with_database(settings, create)
+    print(f"{args.role} token (shown once, store it now):")
+    print(token)
+    return 0
+
+
+def _households_import(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    size = args.file.stat().st_size
+
+    async def run(conn: db.Connection) -> households.ImportResult:
+        with (
+            args.file.open("rb") as f,
+            tqdm(total=size, unit="B", unit_scale=True, desc="import", file=sys.stderr) as bar,
+        ):
+
+            async def blocks() -> AsyncIterator[bytes]:
+                while block := f.read(1 << 20):
+                    bar.update(len(block))
+                    yield block
+
+            return await households.import_csv(conn, blocks())
+
+    try:
+        result: households.ImportResult = _with_database(settings, run)
+    except households.CsvFormatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {result.imported}, updated {result.updated}, rejected {len(result.rejected)}")
+    for rejection in result.rejected[:20]:
+        print(f"  line {rejection['line']}: {rejection['error']}")
+    if len(result.rejected) > 20:
+        print(f"  ... and {len(result.rejected) - 20} more")
+    return 0 if not result.rejected else 1
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    host = args.host or settings.host
+    port = args.port or settings.port
+    if args.workers > 1:
+        return _serve_workers(settings, host, port, args.workers)
+
+    async def run() -> None:
+        async with db.database_url(settings) as dsn:
+            conn = await _connect(dsn)
+            try:
+                await db.apply_schema(conn, settings.counter_shards)
+            finally:
+                await conn.close()
+            await serve_until_stopped(settings, dsn, host, port)
+
+    asyncio.run(run())
+    return 0
+
+
+async def _connect(dsn: str) -> db.Connection:
+    import asyncpg
+
+    return await asyncpg.connect(dsn)
+
+
+async def serve_until_stopped(
+    settings: Settings,
+    dsn: str,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM: stop listening, finish in-flight requests, close the pool."""
+    from aiohttp import web
+
+    from coupon.app import create_app
+
+    app = create_app(settings, dsn)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=30)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    print(f"serving on http://{host}:{port}", flush=True)
+    if on_started:
+        on_started()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _worker(settings: Settings, dsn: str, host: str, port: int) -> None:
+    logs.configure(settings.log_level)
+    asyncio.run(serve_until_stopped(settings, dsn, host, port, reuse_port=True))
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
+    """N processes sharing the port (SO_REUSEPORT); the database is shared, state is in it."""
+
+    async def run() -> None:
+        async with db.database_url(settings) as dsn:
+            conn = await _connect(dsn)
+            try:
+                await db.apply_schema(conn, settings.counter_shards)
+            finally:
+                await conn.close()
+            ctx = multiprocessing.get_context("spawn")
+            procs = [
+                ctx.Process(target=_worker, args=(settings, dsn, host, port))
+                for _ in range(workers)
+            ]
+            for p in procs:
+                p.start()
+
+            def forward(signum: int) -> None:
+                for p in procs:
+                    if p.pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signum)
+
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, forward, sig)
+            await asyncio.gather(*(asyncio.to_thread(p.join) for p in procs))
+
+    asyncio.run(run())
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from coupon import demo
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+
+    async def run() -> None:
+        async with db.database_url(settings) as dsn:
+            conn = await _connect(dsn)
+            try:
+                await db.apply_schema(conn, settings.counter_shards)
+                seeded = await demo.seed(conn, settings.data_dir)
+            finally:
+                await conn.close()
+            base = f"http://{host}:{port}"
+            demo.print_welcome(seeded, base)
+            if not args.no_serve:
+                await serve_until_stopped(settings, dsn, host, port)
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,31 @@
+"""Settings, read once from the environment by the CLI and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told through its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="COUPON_", extra="ignore")
+
+    # DATABASE_URL has no prefix: the SPEC fixes its name.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Path(".coupon")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    pool_min_size: int = 2
+    pool_max_size: int = 16
+    # seconds a request waits for a database connection or statement before answering 503
+    db_timeout: float = 10.0
+    # seconds a terminal's clock may be off (SPEC: 300)
+    clock_skew: int = 300
+    # counter shards per province; more shards, less lock contention between writers
+    counter_shards: int = 16
+    log_level: str = "info"
+    # test clusters only: the embedded PostgreSQL without fsync
+    embedded_durable: bool = True

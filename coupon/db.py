@@ -1,0 +1,177 @@
+"""The database edge: the pool, the named queries, the schema, the embedded server, and the one
+place where driver errors become domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+import orjson
+import structlog
+
+from coupon import errors
+from coupon.config import Settings
+from coupon.embedded import EmbeddedPostgres
+from coupon.provinces import iran_provinces
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# Serialises concurrent `db init`s (several workers starting at once).
+_SCHEMA_LOCK_KEY = 0x636F75706F6E  # "coupon"
+_EMBEDDED_DATABASE = "coupon"
+
+if TYPE_CHECKING:
+    Connection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+    )
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    Pool = asyncpg.Pool
+
+
+@cache
+def queries() -> Mapping[str, str]:
+    """Every named statement of sql/queries.sql: name -> SQL."""
+    text = resources.files("coupon").joinpath("sql/queries.sql").read_text(encoding="utf-8")
+    named: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        sql = "\n".join(line for line in body.splitlines() if not line.startswith("--")).strip()
+        named[name.strip()] = sql.rstrip(";")
+    return named
+
+
+def q(name: str) -> str:
+    """The SQL of one named statement."""
+    return queries()[name]
+
+
+def schema_sql() -> str:
+    """The schema: the repository's schema.sql, or the packaged copy when installed elsewhere."""
+    if SCHEMA_PATH.exists():
+        return SCHEMA_PATH.read_text(encoding="utf-8")
+    return resources.files("coupon").joinpath("sql/schema.sql").read_text(encoding="utf-8")
+
+
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            format="text",
+        )
+
+
+async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
+    """A pool whose connections decode json with orjson and give up after db_timeout."""
+    options: dict[str, Any] = {
+        "min_size": settings.pool_min_size,
+        "max_size": settings.pool_max_size,
+        "command_timeout": settings.db_timeout,
+        "timeout": settings.db_timeout,
+        "init": _init_connection,
+        # statements are prepared per connection; keep them (the hot path has a handful)
+        "max_inactive_connection_lifetime": 300.0,
+    }
+    options.update(overrides)
+    pool = await asyncpg.create_pool(dsn, **options)
+    assert pool is not None
+    return pool
+
+
+async def apply_schema(conn: Connection, counter_shards: int) -> None:
+    """Apply schema.sql and load the provinces; safe to run again and concurrently."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+        await conn.execute(schema_sql())
+        await conn.executemany(
+            q("upsert_province"), [(p.code, p.name_en, p.name_fa) for p in iran_provinces()]
+        )
+        stored = await conn.fetchval(q("get_meta"), "counter_shards")
+        shards = int(stored) if stored else counter_shards
+        await conn.execute(q("set_meta"), "counter_shards", str(shards))
+        await conn.execute(q("create_all_tranche_counters"), shards)
+        digest = hashlib.sha256(schema_sql().encode()).hexdigest()
+        await conn.execute(q("set_meta"), "schema_sha256", digest)
+
+
+async def counter_shards(conn: Connection) -> int:
+    """How many counter shards per province this database was initialised with."""
+    stored = await conn.fetchval(q("get_meta"), "counter_shards")
+    return int(stored) if stored else 1
+
+
+@contextlib.asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    """The DSN to use: DATABASE_URL, or an embedded PostgreSQL started (and stopped) here."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.data_dir, durable=settings.embedded_durable)
+    admin_dsn = await asyncio.to_thread(server.start)
+    try:
+        yield await _ensure_database(admin_dsn, _EMBEDDED_DATABASE)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _ensure_database(admin_dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await conn.execute(f'CREATE DATABASE "{name}"')  # name is our constant
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+# -- driver errors -> domain errors -----------------------------------------------------------
+
+_CONSTRAINT_ERRORS: dict[str, tuple[type[errors.CouponError], str]] = {
+    "tranches_window_excl": (errors.TrancheOverlap, ""),
+    "tranches_window_check": (errors.InvalidRequest, "starts_at must be before ends_at"),
+    "households_province_fkey": (errors.InvalidRequest, "unknown province"),
+    "merchants_province_fkey": (errors.InvalidRequest, "unknown province"),
+}
+
+UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def translate(exc: BaseException) -> errors.CouponError | None:
+    """The domain error a driver error means, or None when it is a bug."""
+    if isinstance(exc, asyncpg.PostgresError):
+        constraint = getattr(exc, "constraint_name", None)
+        if constraint in _CONSTRAINT_ERRORS:
+            cls, message = _CONSTRAINT_ERRORS[constraint]
+            return cls(message or None, {"constraint": constraint})
+        if isinstance(exc, asyncpg.CheckViolationError | asyncpg.NotNullViolationError):
+            return errors.InvalidRequest("a value is out of range", {"constraint": constraint})
+        if isinstance(exc, asyncpg.QueryCanceledError):
+            return errors.ServiceUnavailable("the database did not answer in time")
+    if isinstance(exc, UNAVAILABLE):
+        return errors.ServiceUnavailable()
+    return None

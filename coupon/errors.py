@@ -1,0 +1,137 @@
+"""The domain's errors: each class has an HTTP status and a stable code; its docstring is its
+default message. Nothing here knows aiohttp."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CouponError(Exception):
+    """Something went wrong."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str | None = None, details: Any = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class InvalidRequest(CouponError):
+    """The request is not valid."""
+
+    status = 422
+    code = "invalid_request"
+
+
+class InvalidNationalId(CouponError):
+    """The national id is not a valid 10-digit code."""
+
+    status = 422
+    code = "invalid_national_id"
+
+
+class Unauthorized(CouponError):
+    """Authentication is missing or invalid."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(CouponError):
+    """This credential may not use this endpoint."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(CouponError):
+    """No such resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class HouseholdNotFound(NotFound):
+    """No household has this national id."""
+
+    code = "household_not_found"
+
+
+class MerchantNotFound(NotFound):
+    """No merchant has this id."""
+
+    code = "merchant_not_found"
+
+
+class TerminalNotFound(NotFound):
+    """No terminal has this id."""
+
+    code = "terminal_not_found"
+
+
+class Conflict(CouponError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    code = "conflict"
+
+
+class TrancheOverlap(Conflict):
+    """The tranche's window overlaps another tranche's window."""
+
+    code = "tranche_overlap"
+
+
+class PreviousTrancheActive(Conflict):
+    """A carry-over tranche can be opened only after the previous tranche has ended."""
+
+    code = "previous_tranche_active"
+
+
+class IdempotencyConflict(Conflict):
+    """This request_id was already used by this terminal with a different body."""
+
+    code = "idempotency_conflict"
+
+
+class AlreadyReversed(Conflict):
+    """The original redemption was already reversed by another request."""
+
+    code = "already_reversed"
+
+
+class NotYourTransaction(CouponError):
+    """The original redemption belongs to another terminal."""
+
+    status = 403
+    code = "not_your_transaction"
+
+
+class ReversalWindowClosed(CouponError):
+    """The original redemption is older than 24 hours and can no longer be reversed."""
+
+    status = 422
+    code = "reversal_window_closed"
+
+
+class PayloadTooLarge(CouponError):
+    """The request body is too large."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(CouponError):
+    """The request body has the wrong content type."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ServiceUnavailable(CouponError):
+    """The database is unavailable; retry the same request later."""
+
+    status = 503
+    code = "service_unavailable"

@@ -1,0 +1,184 @@
+"""Request and response models (pydantic v2); /openapi.json is generated from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from coupon.households import is_valid_national_id
+
+Category = Literal[
+    "rice",
+    "cooking_oil",
+    "chicken",
+    "red_meat",
+    "eggs",
+    "dairy",
+    "legumes",
+    "sugar",
+    "pasta",
+    "tea",
+]
+CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
+Status = Literal["active", "suspended"]
+Role = Literal["operator", "auditor"]
+MAX_AMOUNT = 10**12
+Rials = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True)]
+ProvinceCode = Annotated[str, StringConstraints(pattern=r"^IR-[0-9]{2}$")]
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+AwareDatetime = Annotated[dt.datetime, AfterValidator(lambda v: _require_tz(v))]
+
+
+def _require_tz(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp needs a time zone, e.g. 2026-03-21T00:00:00+03:30")
+    return value
+
+
+def _national_id(value: str) -> str:
+    if not is_valid_national_id(value):
+        raise ValueError("invalid national id")
+    return value
+
+
+NationalId = Annotated[str, AfterValidator(_national_id)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: object | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# -- operator API ------------------------------------------------------------------------------
+
+
+class ImportRejection(BaseModel):
+    line: int
+    error: str
+
+
+class ImportResponse(BaseModel):
+    imported: int
+    updated: int
+    rejected: list[ImportRejection]
+
+
+class StatusChange(Model):
+    status: Status
+
+
+class Household(BaseModel):
+    national_id: str
+    province: str
+    members: int
+    decile: int
+    status: Status
+
+
+class Band(Model):
+    up_to_decile: Annotated[int, Field(ge=1, le=10, strict=True)]
+    per_member_credit: Rials
+    opens_at: AwareDatetime | None = None
+
+
+class TrancheCreate(Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    bands: Annotated[list[Band], Field(min_length=1, max_length=10)]
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    categories: Annotated[list[Category], Field(min_length=1)]
+    carry_over: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TrancheCreate:
+        if self.starts_at >= self.ends_at:
+            raise ValueError("starts_at must be before ends_at")
+        deciles = [b.up_to_decile for b in self.bands]
+        if deciles != sorted(set(deciles)):
+            raise ValueError("bands must be in increasing up_to_decile order, without repeats")
+        for band in self.bands:
+            if band.opens_at is not None and not self.starts_at <= band.opens_at < self.ends_at:
+                raise ValueError("a band's opens_at must fall inside the tranche's window")
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError("categories must not repeat")
+        return self
+
+
+class TrancheCreated(BaseModel):
+    id: int
+    households_credited: int
+    total_credit: int
+
+
+class BandOut(BaseModel):
+    up_to_decile: int
+    per_member_credit: int
+    opens_at: dt.datetime
+
+
+class Tranche(BaseModel):
+    id: int
+    name: str
+    bands: list[BandOut]
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    categories: list[str]
+    carry_over: bool
+    carried_from: int | None
+    households_credited: int
+    total_credit: int
+    created_at: dt.datetime
+
+
+class TrancheList(BaseModel):
+    tranches: list[Tranche]
+
+
+class MerchantCreate(Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    province: ProvinceCode
+
+
+class MerchantCreated(BaseModel):
+    id: int
+
+
+class Merchant(BaseModel):
+    id: int
+    name: str
+    province: str
+    status: Status
+
+
+class TerminalCreated(BaseModel):
+    terminal_id: int
+    secret: str
+
+
+class Terminal(BaseModel):
+    id: int
+    merchant_id: int
+    status: Status
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: bool

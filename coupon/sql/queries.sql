@@ -1,0 +1,231 @@
+-- Every DML statement of the service, one block each: a `-- name: <name>` line, a one-line
+-- description, then the statement. coupon.db.QUERIES maps name -> SQL; a test prepares them all.
+
+-- name: upsert_province
+-- Load or refresh one province's names (from pycountry / iso3166-2 at `db init`).
+INSERT INTO provinces (code, name_en, name_fa) VALUES ($1, $2, $3)
+ON CONFLICT (code) DO UPDATE SET name_en = excluded.name_en, name_fa = excluded.name_fa
+WHERE (provinces.name_en, provinces.name_fa) IS DISTINCT FROM (excluded.name_en, excluded.name_fa);
+
+-- name: create_all_tranche_counters
+-- One all-tranche counter row per province and shard (idempotent).
+INSERT INTO province_counters_all (province, shard)
+SELECT p.code, s.shard FROM provinces p CROSS JOIN generate_series(0, $1::int - 1) AS s (shard)
+ON CONFLICT DO NOTHING;
+
+-- name: list_provinces
+-- All provinces, by code.
+SELECT code, name_en, name_fa FROM provinces ORDER BY code;
+
+-- name: set_meta
+-- Record a schema fact (schema hash, counter shard count).
+INSERT INTO schema_meta (key, value) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: get_meta
+-- Read a schema fact.
+SELECT value FROM schema_meta WHERE key = $1;
+
+-- name: create_token
+-- Store a new API token by its SHA-256 hash; the token itself is never stored.
+INSERT INTO api_tokens (token_hash, role, name) VALUES ($1, $2, $3) RETURNING id;
+
+-- name: find_token_role
+-- The role of the token with this hash, if any.
+SELECT role FROM api_tokens WHERE token_hash = $1;
+
+-- name: lock_household_import
+-- One import at a time: the insert below relies on nobody else inserting households meanwhile.
+SELECT pg_advisory_xact_lock(7365626, 1);
+
+-- name: create_import_lines
+-- Raw CSV lines of one import, numbered as in the file (line 1 is the header).
+CREATE TEMP TABLE import_lines (
+    line_no bigint GENERATED ALWAYS AS IDENTITY (START WITH 2),
+    line    text
+) ON COMMIT DROP;
+
+-- name: classify_import_lines
+-- Split and validate every line set-based: $1 fields per line, $2..$6 the 1-based positions of
+-- national_id, province, members, decile and status (null when the file has no status column).
+CREATE TEMP TABLE import_rows ON COMMIT DROP AS
+SELECT r.line_no, r.national_id, r.province, r.members, r.decile, r.status,
+       CASE
+           WHEN r.width <> $1 THEN format('expected %s fields, found %s', $1, r.width)
+           WHEN NOT national_id_is_valid(r.national_id)
+               THEN 'invalid national_id (10 digits with a valid check digit)'
+           WHEN p.code IS NULL THEN 'unknown province (ISO 3166-2:IR code such as IR-23)'
+           WHEN r.members IS NULL THEN 'members must be an integer 1..30'
+           WHEN r.decile IS NULL THEN 'decile must be an integer 1..10'
+           WHEN $6::int IS NOT NULL AND r.status IS NULL
+               THEN 'status must be active or suspended'
+       END AS error
+-- each OFFSET 0 keeps its subquery whole, so every line is split and trimmed only once
+FROM (
+    SELECT t.line_no, t.width, t.national_id, t.province,
+           CASE WHEN t.members = ANY (
+                    SELECT generate_series(1, 30)::text) THEN t.members::int2 END AS members,
+           CASE WHEN t.decile = ANY (
+                    SELECT generate_series(1, 10)::text) THEN t.decile::int2 END AS decile,
+           CASE WHEN t.status IN ('active', 'suspended') THEN t.status END AS status
+    FROM (
+        SELECT l.line_no, cardinality(l.f) AS width,
+               btrim(l.f[$2], ' "') AS national_id, upper(btrim(l.f[$3], ' "')) AS province,
+               btrim(l.f[$4], ' "') AS members, btrim(l.f[$5], ' "') AS decile,
+               lower(btrim(l.f[$6], ' "')) AS status
+        FROM (SELECT line_no, string_to_array(line, ',') AS f
+              FROM import_lines WHERE btrim(line, E' \t') <> '' OFFSET 0) AS l
+        OFFSET 0
+    ) AS t
+    OFFSET 0
+) AS r
+LEFT JOIN provinces p ON p.code = r.province;
+
+-- name: reject_import_duplicates
+-- A national id repeated in the file: the first line counts, later ones are rejected.
+WITH firsts AS (
+    SELECT national_id, min(line_no) AS first_line FROM import_rows
+    WHERE error IS NULL GROUP BY national_id HAVING count(*) > 1
+)
+UPDATE import_rows r SET error = 'duplicate of line ' || f.first_line
+FROM firsts f
+WHERE r.national_id = f.national_id AND r.line_no > f.first_line AND r.error IS NULL;
+
+-- name: import_rejections
+-- Every rejected line with its reason, in file order.
+SELECT line_no AS line, error FROM import_rows WHERE error IS NOT NULL ORDER BY line_no;
+
+-- name: import_households
+-- Upsert the good rows: update households that changed, insert new ones; unchanged rows are
+-- not rewritten. Returns how many were inserted and how many good rows there were.
+WITH good AS (
+    SELECT national_id, province, members, decile, status FROM import_rows WHERE error IS NULL
+), updated AS (
+    UPDATE households h
+    SET province = g.province, members = g.members, decile = g.decile,
+        status = coalesce(g.status, h.status), updated_at = now()
+    FROM good g
+    WHERE h.national_id = g.national_id
+      AND (h.province, h.members, h.decile, h.status)
+          IS DISTINCT FROM (g.province, g.members, g.decile, coalesce(g.status, h.status))
+    RETURNING 1
+), inserted AS (
+    INSERT INTO households (national_id, province, members, decile, status)
+    SELECT g.national_id, g.province, g.members, g.decile, coalesce(g.status, 'active')
+    FROM good g
+    WHERE NOT EXISTS (SELECT FROM households h WHERE h.national_id = g.national_id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM good) AS good,
+       (SELECT count(*) FROM updated) AS changed;
+
+-- name: set_household_status
+-- Suspend or reactivate a household; returns nothing when it does not exist.
+UPDATE households SET status = $2, updated_at = now() WHERE national_id = $1
+RETURNING national_id, province, members, decile, status;
+
+-- name: lock_tranches
+-- Serialise tranche creation: the carry-over source and the window check must not race.
+LOCK TABLE tranches IN SHARE ROW EXCLUSIVE MODE;
+
+-- name: previous_tranche
+-- The tranche whose window ends last before the given start (the carry-over source).
+SELECT id, ends_at FROM tranches WHERE ends_at <= $1 ORDER BY ends_at DESC LIMIT 1;
+
+-- name: insert_tranche
+-- A new tranche; the exclusion constraint rejects an overlapping window.
+INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id;
+
+-- name: insert_tranche_bands
+-- The decile bands of a tranche.
+INSERT INTO tranche_bands (tranche_id, up_to_decile, per_member_credit, opens_at)
+SELECT $1, * FROM unnest($2::int2[], $3::int8[], $4::timestamptz[]);
+
+-- name: credit_tranche
+-- Credit every active household in a band, in one statement: per_member_credit * members, plus
+-- the unspent balance of the carry-over source tranche ($2, null when none). Returns the
+-- per-province figures for the counters.
+WITH band AS (
+    SELECT per_member_credit, opens_at,
+           coalesce(lag(up_to_decile) OVER (ORDER BY up_to_decile), 0) AS above_decile,
+           up_to_decile
+    FROM tranche_bands WHERE tranche_id = $1
+), credited AS (
+    INSERT INTO entitlements
+        (national_id, tranche_id, province, credit, carried_in, balance, opens_at, first_credit)
+    SELECT h.national_id, $1, h.province,
+           b.per_member_credit * h.members,
+           coalesce(prev.balance, 0),
+           b.per_member_credit * h.members + coalesce(prev.balance, 0),
+           b.opens_at,
+           NOT EXISTS (SELECT FROM entitlements e WHERE e.national_id = h.national_id)
+    FROM households h
+    JOIN band b ON h.decile > b.above_decile AND h.decile <= b.up_to_decile
+    LEFT JOIN entitlements prev ON prev.national_id = h.national_id AND prev.tranche_id = $2
+    WHERE h.status = 'active'
+    -- in key order the primary-key index fills page by page instead of at random: -15 %
+    ORDER BY h.national_id
+    RETURNING province, credit + carried_in AS total, first_credit
+)
+SELECT province, count(*) AS households, sum(total)::bigint AS total,
+       count(*) FILTER (WHERE first_credit) AS first_credited
+FROM credited GROUP BY province;
+
+-- name: carry_out_balances
+-- Move the carried balances out of the source tranche so money is never counted twice.
+UPDATE entitlements prev SET carried_out = prev.carried_out + prev.balance, balance = 0
+FROM entitlements cur
+WHERE cur.tranche_id = $1 AND cur.carried_in > 0
+  AND prev.national_id = cur.national_id AND prev.tranche_id = $2 AND prev.balance > 0;
+
+-- name: create_tranche_counters
+-- Counter shards of a new tranche, with each province's eligible households on shard 0.
+INSERT INTO province_counters (tranche_id, province, shard, eligible)
+SELECT $1, p.code, s.shard,
+       CASE WHEN s.shard = 0 THEN coalesce(e.households, 0) ELSE 0 END
+FROM provinces p
+CROSS JOIN generate_series(0, $2::int - 1) AS s (shard)
+LEFT JOIN unnest($3::text[], $4::int8[]) AS e (province, households) ON e.province = p.code;
+
+-- name: add_all_tranche_eligible
+-- Households credited for the first time join the all-tranche eligible counts (shard 0).
+UPDATE province_counters_all c SET eligible = c.eligible + e.households
+FROM unnest($1::text[], $2::int8[]) AS e (province, households)
+WHERE c.province = e.province AND c.shard = 0 AND e.households > 0;
+
+-- name: finish_tranche
+-- Record what opening the tranche credited.
+UPDATE tranches SET households_credited = $2, total_credit = $3 WHERE id = $1;
+
+-- name: list_tranches
+-- Every tranche with its bands, newest window first.
+SELECT t.id, t.name, t.starts_at, t.ends_at, t.categories, t.carry_over, t.carried_from,
+       t.households_credited, t.total_credit, t.created_at,
+       coalesce(
+           (SELECT jsonb_agg(jsonb_build_object(
+                       'up_to_decile', b.up_to_decile,
+                       'per_member_credit', b.per_member_credit,
+                       'opens_at', b.opens_at) ORDER BY b.up_to_decile)
+            FROM tranche_bands b WHERE b.tranche_id = t.id),
+           '[]'::jsonb) AS bands
+FROM tranches t ORDER BY t.starts_at DESC;
+
+-- name: insert_merchant
+-- Register a store.
+INSERT INTO merchants (name, province) VALUES ($1, $2) RETURNING id;
+
+-- name: set_merchant_status
+-- Suspend or reactivate a store.
+UPDATE merchants SET status = $2 WHERE id = $1 RETURNING id, name, province, status;
+
+-- name: insert_terminal
+-- Register a POS terminal of an existing store with its HMAC secret.
+INSERT INTO terminals (merchant_id, secret)
+SELECT id, $2 FROM merchants WHERE id = $1
+RETURNING id;
+
+-- name: set_terminal_status
+-- Suspend or reactivate a POS terminal.
+UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status;

@@ -1,0 +1,126 @@
+"""A real PostgreSQL for the suite: DATABASE_URL when set, otherwise an embedded cluster
+(fsync off, test data only). The schema is applied once to a template database; every test
+gets a fresh clone of it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from coupon import db, tokens
+from coupon.app import create_app
+from coupon.config import Settings
+from coupon.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = "coupon_template"
+TEST_SHARDS = 4
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, _ = dsn.rpartition("/")
+    query = ""
+    if "?" in dsn.rsplit("/", 1)[1]:
+        query = "?" + dsn.rsplit("?", 1)[1]
+    return f"{base}/{name}{query}"
+
+
+def test_data_dir() -> Path:
+    """The test cluster's home: under the system temp dir, which the unprivileged server user
+    can always reach (a clone under a private home directory may not be)."""
+    digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"coupon-test-{digest}"
+    path.mkdir(mode=0o755, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def admin_dsn() -> Iterator[str]:
+    """A superuser DSN on a real server."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedPostgres(test_data_dir(), durable=False)
+    dsn = server.start()
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_dsn(admin_dsn: str) -> AsyncIterator[str]:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await conn.close()
+    dsn = _with_database(admin_dsn, TEMPLATE)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await db.apply_schema(conn, TEST_SHARDS)
+    finally:
+        await conn.close()
+    yield dsn
+
+
+@pytest.fixture
+async def dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    """A fresh database cloned from the template, dropped after the test."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    finally:
+        await conn.close()
+    yield _with_database(admin_dsn, name)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    return Settings(database_url=dsn, pool_min_size=1, pool_max_size=20, counter_shards=TEST_SHARDS)
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, dsn: str, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
+) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(settings, dsn))
+
+
+@pytest.fixture
+async def operator(conn: asyncpg.Connection) -> dict[str, str]:
+    """Headers of an operator."""
+    return {"Authorization": "Bearer " + await tokens.create_token(conn, "operator", "test")}
+
+
+@pytest.fixture
+async def auditor(conn: asyncpg.Connection) -> dict[str, str]:
+    """Headers of an auditor."""
+    return {"Authorization": "Bearer " + await tokens.create_token(conn, "auditor", "test")}

@@ -1,0 +1,86 @@
+"""The household import's SQL half: validation by line, duplicates, upserts, odd formatting."""
+
+from __future__ import annotations
+
+import random
+
+import asyncpg
+
+from coupon import households
+from coupon.households import blocks_of, is_valid_national_id
+from tests.integration.helpers import national_ids
+
+
+async def run_import(conn: asyncpg.Connection, text: str | bytes) -> households.ImportResult:
+    data = text.encode() if isinstance(text, str) else text
+    return await households.import_csv(conn, blocks_of(data, size=7))  # tiny blocks on purpose
+
+
+async def test_sql_checksum_agrees_with_python(conn: asyncpg.Connection) -> None:
+    rng = random.Random(3)
+    candidates = [f"{rng.randrange(10**10):010d}" for _ in range(3000)]
+    candidates += [*national_ids(500), "1111111111", "0000000000", "12345", "abcdefghij", ""]
+    rows = await conn.fetch(
+        "SELECT c, national_id_is_valid(c) AS ok FROM unnest($1::text[]) AS c", candidates
+    )
+    assert sum(r["ok"] for r in rows) >= 500
+    for row in rows:
+        assert row["ok"] == is_valid_national_id(row["c"]), row["c"]
+
+
+async def test_every_kind_of_bad_line_is_reported_and_good_lines_land(
+    conn: asyncpg.Connection,
+) -> None:
+    good = national_ids(4)
+    text = "\r\n".join(
+        [
+            "national_id,province,members,decile",
+            f"{good[0]},IR-15,3,2",  # 2 good
+            f"{good[1][:9]}{(int(good[1][9]) + 1) % 10},IR-15,3,2",  # 3 checksum
+            "1111111111,IR-15,3,2",  # 4 all one digit
+            f"{good[1]},IR-32,3,2",  # 5 unknown province
+            f"{good[1]},IR-15,31,2",  # 6 members
+            f"{good[1]},IR-15,-1,2",  # 7 members
+            f"{good[1]},IR-15,3,11",  # 8 decile
+            f"{good[1]},IR-15,3.0,2",  # 9 not an integer
+            f"{good[1]},IR-15,3",  # 10 a field short
+            f"{good[1]},IR-15,3,2,extra",  # 11 a field too many
+            "",  # 12 blank: ignored
+            f' "{good[1]}" , "ir-15" , "3" , "2" ',  # 13 good: quotes, spaces, lower case
+            f"{good[0]},IR-23,1,1",  # 14 duplicate of line 2
+            f"{good[2]}\\,IR-15,1,1",  # 15 a backslash: bad id, not a crash
+            "۰۰۸۴۵۷۵۹۴۸,IR-15,1,1",  # 16 Persian digits
+            f"{good[3]},IR-15,1,1",  # 17 good, no final newline
+        ]
+    )
+    result = await run_import(conn, text)
+    assert result.imported == 3 and result.updated == 0
+    lines = {r["line"]: r["error"] for r in result.rejected}
+    assert sorted(lines) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16]
+    assert "national_id" in lines[3] and "national_id" in lines[4]
+    assert "province" in lines[5]
+    assert "members" in lines[6] and "members" in lines[7] and "members" in lines[9]
+    assert "decile" in lines[8]
+    assert "fields" in lines[10] and "fields" in lines[11]
+    assert lines[14] == "duplicate of line 2"
+    rows = await conn.fetch("SELECT national_id, province, members FROM households")
+    assert {r["national_id"]: r["province"] for r in rows} == {
+        good[0]: "IR-15",
+        good[1]: "IR-15",
+        good[3]: "IR-15",
+    }
+
+
+async def test_reimport_counts_updates_and_rewrites_only_changed_rows(
+    conn: asyncpg.Connection,
+) -> None:
+    ids = national_ids(3)
+    text = "national_id,province,members,decile\n" + "".join(f"{i},IR-15,2,2\n" for i in ids)
+    assert (await run_import(conn, text)).imported == 3
+    before = await conn.fetchval("SELECT max(updated_at) FROM households")
+    changed = text.replace(f"{ids[1]},IR-15,2,2", f"{ids[1]},IR-15,5,2")
+    result = await run_import(conn, changed)
+    assert (result.imported, result.updated, result.rejected) == (0, 3, [])
+    rows = await conn.fetch("SELECT national_id, members, updated_at FROM households")
+    touched = {r["national_id"] for r in rows if r["updated_at"] > before}
+    assert touched == {ids[1]}
