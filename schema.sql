@@ -208,3 +208,297 @@ CREATE TABLE IF NOT EXISTS province_counters_all (
     eligible bigint NOT NULL DEFAULT 0,
     CONSTRAINT province_counters_all_pkey PRIMARY KEY (province, shard)
 ) WITH (fillfactor = 50);
+
+-- Finding a reversal's original when it was made at another terminal (403, not a tombstone).
+CREATE INDEX IF NOT EXISTS ledger_redemption_request_idx ON ledger (request_id)
+    WHERE kind = 'redemption';
+
+-- ============================================================================================
+-- The terminal hot path. One call = one round trip = one transaction. Each function records the
+-- request's nonce, serialises on the (terminal, request_id) key with a transaction-scoped
+-- advisory lock (so concurrent duplicates wait and then replay), and stores its answer for
+-- idempotent replays. Row locks are always taken in the same order -- entitlement, household,
+-- counter shards -- so redemptions and reversals never deadlock.
+-- Each returns (http_status, error, body, replayed): error is a stable code when the request is
+-- refused without a stored answer (401, 403, 409, 422), otherwise body is the answer.
+-- ============================================================================================
+
+CREATE OR REPLACE FUNCTION terminal_request_lock(p_terminal_id bigint, p_request_id text)
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(p_terminal_id::int4 # 1234567, hashtext(p_request_id));
+$$;
+
+-- Record a nonce; false when this terminal already used it (a replayed request).
+CREATE OR REPLACE FUNCTION terminal_nonce_fresh(p_terminal_id bigint, p_nonce text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO terminal_nonces (terminal_id, nonce) VALUES (p_terminal_id, p_nonce)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END $$;
+
+CREATE OR REPLACE FUNCTION redeem(
+    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
+    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
+    p_shards integer,
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    prior      terminal_requests%ROWTYPE;
+    term       record;
+    hh         record;
+    tr         record;
+    ent        record;
+    reason     text;
+    approved   bigint;
+    remaining  bigint;
+    ent_open   integer;
+    hh_open    integer;
+    served_in  text;
+    entry      record;
+    v_shard    integer := pg_backend_pid() % p_shards;
+BEGIN
+    replayed := false;
+    IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
+        http_status := 401; error := 'nonce_reused'; RETURN;
+    END IF;
+    PERFORM terminal_request_lock(p_terminal_id, p_request_id);
+    SELECT * INTO prior FROM terminal_requests
+    WHERE terminal_id = p_terminal_id AND request_id = p_request_id;
+    IF FOUND THEN
+        IF prior.kind <> 'redemption' OR prior.body_hash <> p_body_hash THEN
+            http_status := 409; error := 'idempotency_conflict'; RETURN;
+        END IF;
+        http_status := prior.http_status; body := prior.response; replayed := true; RETURN;
+    END IF;
+
+    SELECT t.status AS terminal_status, t.merchant_id, m.status AS merchant_status INTO term
+    FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
+    IF term.terminal_status <> 'active' THEN
+        reason := 'terminal_suspended';
+    ELSIF term.merchant_status <> 'active' THEN
+        reason := 'merchant_suspended';
+    ELSIF EXISTS (SELECT FROM pending_reversals
+                  WHERE terminal_id = p_terminal_id AND original_request_id = p_request_id) THEN
+        reason := 'reversed';
+    END IF;
+    IF reason IS NULL THEN
+        SELECT status INTO hh FROM households WHERE national_id = p_national_id;
+        IF NOT FOUND THEN
+            reason := 'household_not_found';
+        ELSIF hh.status <> 'active' THEN
+            reason := 'household_suspended';
+        END IF;
+    END IF;
+    IF reason IS NULL THEN
+        SELECT id, categories INTO tr FROM tranches
+        WHERE tstzrange(starts_at, ends_at) @> now();
+        IF NOT FOUND THEN
+            reason := 'no_active_tranche';
+        END IF;
+    END IF;
+    IF reason IS NULL THEN
+        SELECT balance, opens_at, province INTO ent FROM entitlements
+        WHERE national_id = p_national_id AND tranche_id = tr.id
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            reason := 'not_eligible';
+        ELSIF now() < ent.opens_at THEN
+            reason := 'not_open_yet';
+        ELSIF NOT (p_categories <@ tr.categories) THEN
+            reason := 'category_not_allowed';
+        ELSIF ent.balance >= p_amount THEN
+            approved := p_amount;
+        ELSIF p_allow_partial AND ent.balance > 0 THEN
+            approved := ent.balance;
+        ELSE
+            reason := 'insufficient_balance';
+        END IF;
+    END IF;
+
+    IF reason IS NOT NULL THEN
+        http_status := 402;
+        body := jsonb_build_object('status', 'declined', 'reason', reason,
+                                   'request_id', p_request_id);
+    ELSE
+        UPDATE entitlements
+        SET balance = balance - approved, open_redemptions = open_redemptions + 1
+        WHERE national_id = p_national_id AND tranche_id = tr.id
+        RETURNING balance, open_redemptions INTO remaining, ent_open;
+        UPDATE households
+        SET open_redemptions = open_redemptions + 1,
+            served_province = CASE WHEN open_redemptions = 0 THEN ent.province
+                                   ELSE served_province END
+        WHERE national_id = p_national_id
+        RETURNING open_redemptions, served_province INTO hh_open, served_in;
+        INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                            tranche_id, amount)
+        VALUES ('redemption', p_request_id, p_terminal_id, term.merchant_id, p_national_id,
+                ent.province, tr.id, approved)
+        RETURNING seq, created_at INTO entry;
+        UPDATE province_counters
+        SET transactions = transactions + 1, amount = amount + approved,
+            served = served + (ent_open = 1)::int
+        WHERE tranche_id = tr.id AND province = ent.province AND province_counters.shard = v_shard;
+        IF hh_open = 1 THEN
+            UPDATE province_counters_all SET served = served + 1
+            WHERE province = served_in AND province_counters_all.shard = v_shard;
+        END IF;
+        http_status := 201;
+        body := jsonb_build_object(
+            'redemption_id', entry.seq, 'request_id', p_request_id, 'status', 'approved',
+            'national_id', p_national_id, 'amount', approved, 'remaining', remaining,
+            'tranche_id', tr.id, 'province', ent.province, 'merchant_id', term.merchant_id,
+            'terminal_id', p_terminal_id, 'created_at', entry.created_at);
+        IF p_allow_partial THEN
+            body := body || jsonb_build_object('requested_amount', p_amount);
+        END IF;
+    END IF;
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
+    VALUES (p_terminal_id, p_request_id, 'redemption', p_body_hash, http_status, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION reverse(
+    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
+    p_original_request_id text, p_shards integer,
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    prior      terminal_requests%ROWTYPE;
+    original   terminal_requests%ROWTYPE;
+    orig       ledger%ROWTYPE;
+    remaining  bigint;
+    ent_open   integer;
+    hh_open    integer;
+    served_in  text;
+    entry      record;
+    v_shard    integer := pg_backend_pid() % p_shards;
+BEGIN
+    replayed := false;
+    IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
+        http_status := 401; error := 'nonce_reused'; RETURN;
+    END IF;
+    -- both keys, in a fixed order: the reversal's own, and its original's (which a late
+    -- original redemption locks too, so the two never pass each other)
+    PERFORM terminal_request_lock(p_terminal_id, least(p_request_id, p_original_request_id));
+    PERFORM terminal_request_lock(p_terminal_id, greatest(p_request_id, p_original_request_id));
+    SELECT * INTO prior FROM terminal_requests
+    WHERE terminal_id = p_terminal_id AND request_id = p_request_id;
+    IF FOUND THEN
+        IF prior.kind <> 'reversal' OR prior.body_hash <> p_body_hash THEN
+            http_status := 409; error := 'idempotency_conflict'; RETURN;
+        END IF;
+        http_status := prior.http_status; body := prior.response; replayed := true; RETURN;
+    END IF;
+
+    SELECT * INTO original FROM terminal_requests
+    WHERE terminal_id = p_terminal_id AND request_id = p_original_request_id;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT FROM ledger WHERE kind = 'redemption'
+                   AND request_id = p_original_request_id AND terminal_id <> p_terminal_id) THEN
+            http_status := 403; error := 'not_your_transaction'; RETURN;
+        END IF;
+        INSERT INTO pending_reversals (terminal_id, original_request_id, request_id)
+        VALUES (p_terminal_id, p_original_request_id, p_request_id)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            http_status := 409; error := 'already_reversed'; RETURN;
+        END IF;
+        http_status := 202;
+        body := jsonb_build_object('status', 'pending_original', 'request_id', p_request_id,
+                                   'original_request_id', p_original_request_id);
+    ELSIF original.kind <> 'redemption' THEN
+        http_status := 422; error := 'not_a_redemption'; RETURN;
+    ELSIF original.http_status <> 201 THEN
+        -- declined (possibly because this very reversal's tombstone got there first)
+        IF EXISTS (SELECT FROM pending_reversals WHERE terminal_id = p_terminal_id
+                   AND original_request_id = p_original_request_id) THEN
+            http_status := 409; error := 'already_reversed'; RETURN;
+        END IF;
+        http_status := 422; error := 'original_declined'; RETURN;
+    ELSE
+        SELECT * INTO orig FROM ledger WHERE seq = (original.response->>'redemption_id')::bigint;
+        IF EXISTS (SELECT FROM ledger WHERE reverses = orig.seq) THEN
+            http_status := 409; error := 'already_reversed'; RETURN;
+        END IF;
+        IF orig.created_at < now() - interval '24 hours' THEN
+            http_status := 422; error := 'reversal_window_closed'; RETURN;
+        END IF;
+        UPDATE entitlements
+        SET balance = balance + orig.amount, open_redemptions = open_redemptions - 1
+        WHERE national_id = orig.national_id AND tranche_id = orig.tranche_id
+        RETURNING balance, open_redemptions INTO remaining, ent_open;
+        -- served_province cannot change under us: this redemption keeps the count >= 1
+        UPDATE households h
+        SET open_redemptions = h.open_redemptions - 1,
+            served_province = CASE WHEN h.open_redemptions = 1 THEN NULL
+                                   ELSE h.served_province END
+        FROM (SELECT served_province FROM households WHERE national_id = orig.national_id) old
+        WHERE h.national_id = orig.national_id
+        RETURNING h.open_redemptions, old.served_province INTO hh_open, served_in;
+        INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                            tranche_id, amount, reverses)
+        VALUES ('reversal', p_request_id, p_terminal_id, orig.merchant_id, orig.national_id,
+                orig.province, orig.tranche_id, orig.amount, orig.seq)
+        RETURNING seq, created_at INTO entry;
+        UPDATE province_counters
+        SET transactions = transactions - 1, amount = amount - orig.amount,
+            served = served - (ent_open = 0)::int
+        WHERE tranche_id = orig.tranche_id AND province = orig.province
+          AND province_counters.shard = v_shard;
+        IF hh_open = 0 THEN
+            UPDATE province_counters_all SET served = served - 1
+            WHERE province = served_in AND province_counters_all.shard = v_shard;
+        END IF;
+        http_status := 201;
+        body := jsonb_build_object(
+            'status', 'reversed', 'reversal_id', entry.seq, 'request_id', p_request_id,
+            'original_request_id', p_original_request_id, 'amount', orig.amount,
+            'remaining', remaining);
+    END IF;
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
+    VALUES (p_terminal_id, p_request_id, 'reversal', p_body_hash, http_status, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION balance_inquiry(
+    p_terminal_id bigint, p_nonce text, p_national_id text,
+    OUT http_status integer, OUT error text, OUT body jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    term       record;
+    hh_status  text;
+    v_tranche  bigint;
+    v_ends_at  timestamptz;
+    v_balance  bigint;
+    v_opens_at timestamptz;
+    reason     text;
+BEGIN
+    IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
+        http_status := 401; error := 'nonce_reused'; RETURN;
+    END IF;
+    SELECT t.status AS terminal_status, m.status AS merchant_status INTO term
+    FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
+    IF term.terminal_status <> 'active' THEN
+        http_status := 403; error := 'terminal_suspended'; RETURN;
+    ELSIF term.merchant_status <> 'active' THEN
+        http_status := 403; error := 'merchant_suspended'; RETURN;
+    END IF;
+    SELECT h.status INTO hh_status FROM households h WHERE h.national_id = p_national_id;
+    IF NOT FOUND THEN
+        http_status := 404; error := 'household_not_found'; RETURN;
+    END IF;
+    SELECT t.id, t.ends_at INTO v_tranche, v_ends_at FROM tranches t
+    WHERE tstzrange(t.starts_at, t.ends_at) @> now();
+    SELECT e.balance, e.opens_at INTO v_balance, v_opens_at FROM entitlements e
+    WHERE e.national_id = p_national_id AND e.tranche_id = v_tranche;
+    reason := CASE
+        WHEN hh_status <> 'active' THEN 'household_suspended'
+        WHEN v_tranche IS NULL THEN 'no_active_tranche'
+        WHEN v_balance IS NULL THEN 'not_eligible'
+        WHEN now() < v_opens_at THEN 'not_open_yet'
+    END;
+    http_status := 200;
+    body := jsonb_build_object(
+        'national_id', p_national_id, 'eligible', reason IS NULL, 'reason', reason,
+        'tranche_id', v_tranche, 'remaining', coalesce(v_balance, 0), 'ends_at', v_ends_at);
+END $$;

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
+import structlog
 from aiohttp import web
 
 from coupon import db
@@ -11,10 +14,24 @@ from coupon.api import keys
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import access_log, handle_errors
 from coupon.api.routes import ROUTES
+from coupon.auth import TerminalSecrets
 from coupon.config import Settings
+
+log = structlog.get_logger(__name__)
 
 # JSON bodies of terminals and operators are small; the CSV import streams past this limit.
 MAX_JSON_BODY = 64 * 1024
+
+
+async def prune_nonces(pool: db.Pool, clock_skew: int, every: float = 60.0) -> None:
+    """Forget nonces the clock window already refuses; keep going through database outages."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(db.q("prune_nonces"), 2 * clock_skew)
+        except db.UNAVAILABLE as exc:
+            log.warning("nonce_prune_failed", error=type(exc).__name__)
 
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
@@ -23,12 +40,23 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
 
+    app[keys.SECRETS] = TerminalSecrets()
+
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[keys.POOL] = await db.create_pool(dsn, settings)
+        async with app[keys.POOL].acquire() as conn:
+            app[keys.SHARDS] = await db.counter_shards(conn)
         yield
         await app[keys.POOL].close()
 
-    app.cleanup_ctx.append(pool)
+    async def nonce_pruner(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(prune_nonces(app[keys.POOL], settings.clock_skew))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([pool, nonce_pruner])
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
     return app

@@ -82,6 +82,8 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
         "command_timeout": settings.db_timeout,
         "timeout": settings.db_timeout,
         "init": _init_connection,
+        # answers carry UTC timestamps; JIT only slows short OLTP statements down
+        "server_settings": {"timezone": "UTC", "jit": "off", "application_name": "coupon"},
         # statements are prepared per connection; keep them (the hot path has a handful)
         "max_inactive_connection_lifetime": 300.0,
     }

@@ -39,6 +39,36 @@ class Unauthorized(CouponError):
     code = "unauthorized"
 
 
+class BadSignature(Unauthorized):
+    """The request signature does not match."""
+
+    code = "bad_signature"
+
+
+class MissingSignature(Unauthorized):
+    """Sign the request: X-Terminal-Id, X-Timestamp, X-Nonce and X-Signature are required."""
+
+    code = "missing_signature"
+
+
+class UnknownTerminal(Unauthorized):
+    """No terminal has this id."""
+
+    code = "unknown_terminal"
+
+
+class StaleTimestamp(Unauthorized):
+    """X-Timestamp is more than 300 seconds away from the server's clock."""
+
+    code = "timestamp_out_of_window"
+
+
+class NonceReused(Unauthorized):
+    """This nonce was already used by this terminal."""
+
+    code = "nonce_reused"
+
+
 class Forbidden(CouponError):
     """This credential may not use this endpoint."""
 
@@ -135,3 +165,46 @@ class ServiceUnavailable(CouponError):
 
     status = 503
     code = "service_unavailable"
+
+
+class OriginalDeclined(CouponError):
+    """The original redemption was declined: there is nothing to reverse."""
+
+    status = 422
+    code = "original_declined"
+
+
+class NotARedemption(CouponError):
+    """original_request_id names a reversal, not a redemption."""
+
+    status = 422
+    code = "not_a_redemption"
+
+
+class TerminalSuspended(Forbidden):
+    """This terminal is suspended."""
+
+    code = "terminal_suspended"
+
+
+class MerchantSuspended(Forbidden):
+    """This terminal's store is suspended."""
+
+    code = "merchant_suspended"
+
+
+class TrancheNotFound(NotFound):
+    """No tranche has this id."""
+
+    code = "tranche_not_found"
+
+
+def by_code(code: str) -> type[CouponError]:
+    """The error class whose stable code this is (codes the database functions answer)."""
+    stack: list[type[CouponError]] = [CouponError]
+    while stack:
+        cls = stack.pop()
+        if cls.code == code:
+            return cls
+        stack.extend(cls.__subclasses__())
+    raise KeyError(code)

@@ -182,3 +182,119 @@ class Terminal(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: bool
+
+
+# -- terminal API ------------------------------------------------------------------------------
+
+
+class Item(Model):
+    category: Category
+    amount: Rials
+
+
+class RedemptionRequest(Model):
+    request_id: RequestId
+    national_id: NationalId
+    amount: Rials
+    items: Annotated[list[Item], Field(min_length=1, max_length=100)] | None = None
+    allow_partial: Annotated[bool, Field(strict=True)] = False
+
+    @model_validator(mode="after")
+    def _items_add_up(self) -> RedemptionRequest:
+        if self.items is not None and sum(i.amount for i in self.items) != self.amount:
+            raise ValueError("the items' amounts must add up to amount")
+        return self
+
+
+class ReversalRequest(Model):
+    request_id: RequestId
+    original_request_id: RequestId
+
+
+class Approved(BaseModel):
+    redemption_id: int
+    request_id: str
+    status: Literal["approved"]
+    national_id: str
+    amount: int
+    remaining: int
+    tranche_id: int
+    province: str
+    merchant_id: int
+    terminal_id: int
+    created_at: dt.datetime
+    requested_amount: int | None = None
+
+
+DeclineReason = Literal[
+    "household_not_found",
+    "household_suspended",
+    "not_eligible",
+    "no_active_tranche",
+    "not_open_yet",
+    "insufficient_balance",
+    "category_not_allowed",
+    "merchant_suspended",
+    "terminal_suspended",
+    "reversed",
+]
+
+
+class Declined(BaseModel):
+    status: Literal["declined"]
+    reason: DeclineReason
+    request_id: str
+
+
+class Reversed(BaseModel):
+    status: Literal["reversed"]
+    reversal_id: int
+    request_id: str
+    original_request_id: str
+    amount: int
+    remaining: int
+
+
+class PendingOriginal(BaseModel):
+    status: Literal["pending_original"]
+    request_id: str
+    original_request_id: str
+
+
+class Balance(BaseModel):
+    national_id: str
+    eligible: bool
+    reason: str | None
+    tranche_id: int | None
+    remaining: int
+    ends_at: dt.datetime | None
+
+
+# -- live counters -----------------------------------------------------------------------------
+
+
+class Totals(BaseModel):
+    transactions: int
+    served_households: int
+    eligible_households: int
+    amount: int
+    coverage: float
+
+
+class ProvinceStats(BaseModel):
+    code: str
+    name_en: str
+    name_fa: str
+    transactions: int
+    served_households: int
+    eligible_households: int
+    amount: int
+    coverage: float
+    rank: int
+
+
+class Stats(BaseModel):
+    as_of: dt.datetime
+    tranche_id: int | None
+    totals: Totals
+    provinces: list[ProvinceStats]

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from coupon import db
 from coupon.api.metrics import Metrics
+from coupon.auth import TerminalSecrets
 from coupon.config import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -15,5 +16,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", db.Pool)
 METRICS = web.AppKey("metrics", Metrics)
+SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
+# counter shards per province, as the database was initialised
+SHARDS = web.AppKey("counter_shards", int)
 # per request: fields the handler adds to the request's log line
 LOG = web.RequestKey("log", dict[str, object])

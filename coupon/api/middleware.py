@@ -64,7 +64,9 @@ async def handle_errors(request: web.Request, handler: keys.Handler) -> web.Stre
                 log.warning("database_unavailable", error=type(exc).__name__)
             return error_response(translated)
         incident = secrets.token_hex(8)
-        log.exception("unhandled_error", incident=incident, path=request.path)
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        log.exception("unhandled_error", incident=incident, route=route)
         request[keys.LOG]["error"] = "internal_error"
         return error_response(errors.CouponError("internal error"), request_id=incident)
 

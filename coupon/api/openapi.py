@@ -78,7 +78,8 @@ def document() -> dict[str, Any]:
         elif route.body is not None:
             op["requestBody"] = {"required": True, **_content(route.body)}
         for status, model in route.responses.items():
-            op["responses"][str(status)] = {"description": str(status), **_content(model)}
+            shown = model if model is not None or status < 400 else ErrorBody
+            op["responses"][str(status)] = {"description": str(status), **_content(shown)}
         for status in _ERRORS.get(route.auth, ()):
             op["responses"].setdefault(str(status), {"description": "error", **_content(ErrorBody)})
         if not op["responses"]:

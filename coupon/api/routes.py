@@ -6,15 +6,23 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, system
+from coupon.api import admin, stats, system, terminal
 from coupon.api.keys import Handler
 from coupon.models import (
+    Approved,
+    Balance,
+    Declined,
     Health,
     Household,
     ImportResponse,
     Merchant,
     MerchantCreate,
     MerchantCreated,
+    PendingOriginal,
+    RedemptionRequest,
+    ReversalRequest,
+    Reversed,
+    Stats,
     StatusChange,
     Terminal,
     TerminalCreated,
@@ -37,6 +45,44 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/v1/households/{national_id}/balance",
+        terminal.get_balance,
+        "Eligibility and remaining credit of a household",
+        "terminal",
+        responses={200: Balance, 404: None},
+        tag="terminal",
+    ),
+    Route(
+        "POST",
+        "/v1/redemptions",
+        terminal.create_redemption,
+        "Spend a household's credit (idempotent per terminal and request_id)",
+        "terminal",
+        body=RedemptionRequest,
+        responses={201: Approved, 402: Declined, 409: None},
+        tag="terminal",
+    ),
+    Route(
+        "POST",
+        "/v1/reversals",
+        terminal.create_reversal,
+        "Void this terminal's earlier redemption",
+        "terminal",
+        body=ReversalRequest,
+        responses={201: Reversed, 202: PendingOriginal, 403: None, 409: None},
+        tag="terminal",
+    ),
+    Route(
+        "GET",
+        "/v1/stats",
+        stats.get_stats,
+        "Live counters per province",
+        "operator,auditor",
+        responses={200: Stats},
+        tag="counters",
+    ),
     Route(
         "GET",
         "/healthz",

@@ -229,3 +229,56 @@ RETURNING id;
 -- name: set_terminal_status
 -- Suspend or reactivate a POS terminal.
 UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status;
+
+-- name: terminal_secret
+-- The HMAC secret of a terminal, to verify its signatures.
+SELECT secret FROM terminals WHERE id = $1;
+
+-- name: redeem
+-- A redemption: one round trip, one transaction (the logic is the SQL function redeem()).
+SELECT http_status, error, body, replayed
+FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: reverse
+-- A reversal of this terminal's earlier redemption (SQL function reverse()).
+SELECT http_status, error, body, replayed FROM reverse($1, $2, $3, $4, $5, $6);
+
+-- name: balance_inquiry
+-- A household's eligibility and remaining credit in the current tranche.
+SELECT http_status, error, body FROM balance_inquiry($1, $2, $3);
+
+-- name: prune_nonces
+-- Forget nonces older than the clock window: a request that old is refused by its timestamp.
+DELETE FROM terminal_nonces WHERE seen_at < now() - make_interval(secs => $1);
+
+-- name: stats
+-- Live counters per province, for one tranche ($1) or all of them ($1 null): the shards
+-- summed in one snapshot. served/eligible over all tranches count each household once.
+WITH per_tranche AS (
+    SELECT province, sum(transactions) AS transactions, sum(amount) AS amount,
+           sum(served) AS served, sum(eligible) AS eligible
+    FROM province_counters
+    WHERE $1::bigint IS NULL OR tranche_id = $1
+    GROUP BY province
+), all_tranches AS (
+    SELECT province, sum(served) AS served, sum(eligible) AS eligible
+    FROM province_counters_all
+    WHERE $1::bigint IS NULL
+    GROUP BY province
+)
+SELECT p.code, p.name_en, p.name_fa,
+       coalesce(t.transactions, 0)::bigint AS transactions,
+       coalesce(t.amount, 0)::bigint AS amount,
+       coalesce(CASE WHEN $1::bigint IS NULL THEN a.served ELSE t.served END, 0)::bigint
+           AS served_households,
+       coalesce(CASE WHEN $1::bigint IS NULL THEN a.eligible ELSE t.eligible END, 0)::bigint
+           AS eligible_households,
+       statement_timestamp() AS as_of
+FROM provinces p
+LEFT JOIN per_tranche t ON t.province = p.code
+LEFT JOIN all_tranches a ON a.province = p.code
+ORDER BY p.code;
+
+-- name: tranche_exists
+-- Whether a tranche id is known.
+SELECT EXISTS (SELECT FROM tranches WHERE id = $1);
