@@ -19,7 +19,6 @@ import os
 import random
 import shlex
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -141,10 +140,17 @@ async def http_loop(
         "COUPON_LOG_LEVEL": "warning",
         "COUPON_POOL_MAX_SIZE": str(max(4, 2 * clients // workers)),
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "coupon", "serve", "--port", str(port), "--workers", str(workers)],
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "coupon",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -189,7 +195,7 @@ async def http_loop(
             elapsed = time.perf_counter() - started
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        await asyncio.wait_for(server.wait(), timeout=30)
     out: dict[str, Any] = summary(
         [x for _, lat in results for x in lat], sum(d for d, _ in results), elapsed
     )
