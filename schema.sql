@@ -184,6 +184,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS ledger_reverses_key ON ledger (reverses) WHERE
 CREATE INDEX IF NOT EXISTS ledger_national_id_idx ON ledger (national_id, seq);
 CREATE INDEX IF NOT EXISTS ledger_merchant_id_idx ON ledger (merchant_id, seq);
 CREATE INDEX IF NOT EXISTS ledger_created_at_idx ON ledger (created_at);
+-- a province's entries in a time window: seq included so the page is found in the index alone
+CREATE INDEX IF NOT EXISTS ledger_province_time_idx ON ledger (province, created_at) INCLUDE (seq);
 
 -- Live counters, sharded so that 31 hot province rows do not serialise redemptions: a
 -- transaction adds to one shard; readers sum the shards in one snapshot, so what they see is
@@ -212,6 +214,105 @@ CREATE TABLE IF NOT EXISTS province_counters_all (
 -- Finding a reversal's original when it was made at another terminal (403, not a tombstone).
 CREATE INDEX IF NOT EXISTS ledger_redemption_request_idx ON ledger (request_id)
     WHERE kind = 'redemption';
+
+-- ============================================================================================
+-- Tamper evidence. Every ledger row gets a digest in ledger_seals, and the digests are chained
+-- block by block in ledger_blocks: block.hash = sha256(prev_block.hash || digests in seq order).
+-- Changing, deleting, inserting or reordering a row behind the service's back breaks a digest,
+-- a seal or a block; rewriting the whole chain changes the head an auditor copied out.
+-- ============================================================================================
+
+-- The digest of a ledger row: its fixed-width fields in binary (timestamps as UTC
+-- microseconds, independent of any session setting), then the text fields joined by '|' (none
+-- can hold one: request ids are [A-Za-z0-9_-], the rest are codes and digits).
+CREATE OR REPLACE FUNCTION ledger_digest(
+    seq bigint, kind text, request_id text, terminal_id bigint, merchant_id bigint,
+    national_id text, province text, tranche_id bigint, amount bigint, reverses bigint,
+    created_at timestamptz) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN sha256(int8send(seq) || int8send(terminal_id) || int8send(merchant_id)
+    || int8send(tranche_id) || int8send(amount) || int8send(coalesce(reverses, 0))
+    || timestamptz_send(created_at)
+    || convert_to(kind || '|' || request_id || '|' || national_id || '|' || province, 'UTF8'));
+
+CREATE TABLE IF NOT EXISTS ledger_seals (
+    seq      bigint PRIMARY KEY,
+    block_no bigint NOT NULL,
+    digest   bytea NOT NULL CONSTRAINT ledger_seals_digest_check CHECK (octet_length(digest) = 32)
+);
+
+CREATE TABLE IF NOT EXISTS ledger_blocks (
+    block_no   bigint PRIMARY KEY,
+    first_seq  bigint NOT NULL,
+    last_seq   bigint NOT NULL,
+    entries    integer NOT NULL CONSTRAINT ledger_blocks_entries_check CHECK (entries > 0),
+    prev_hash  bytea NOT NULL,
+    hash       bytea NOT NULL CONSTRAINT ledger_blocks_hash_check CHECK (octet_length(hash) = 32),
+    sealed_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
+);
+
+-- Writers of ledger rows hold this lock (shared: writers never wait for each other) from
+-- before their row gets its seq until commit. The sealer takes it exclusively for an instant:
+-- once it has it, every seq up to max(seq) is committed or gone, so sealing in seq order is
+-- sealing in commit order.
+CREATE OR REPLACE FUNCTION ledger_write_lock() RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock_shared(7365626, 2);
+$$;
+
+-- Append-only, whoever connects: no UPDATE, DELETE or TRUNCATE of the ledger or its seals.
+CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the table % is append-only', TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'ledger_blocks'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_trigger
+                       WHERE tgname = t || '_append_only' AND tgrelid = t::regclass) THEN
+            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I '
+                           'FOR EACH ROW EXECUTE FUNCTION ledger_append_only()',
+                           t || '_append_only', t);
+            EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()',
+                           t || '_no_truncate', t);
+        END IF;
+    END LOOP;
+END $$;
+
+-- Least privilege: the service's pool runs as coupon_writer (no UPDATE/DELETE on the ledger),
+-- auditor requests as coupon_reader (SELECT only, in read-only transactions). Creating roles
+-- needs CREATEROLE; without it the schema still applies and the triggers still hold.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'coupon_writer') THEN
+        CREATE ROLE coupon_writer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'coupon_reader') THEN
+        CREATE ROLE coupon_reader NOLOGIN;
+    END IF;
+    EXECUTE format('GRANT coupon_writer, coupon_reader TO %I', current_user);
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'roles coupon_writer/coupon_reader not created: %', SQLERRM;
+END $$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'coupon_writer') THEN
+        EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO coupon_writer, coupon_reader',
+                       current_database());
+        GRANT USAGE ON SCHEMA public TO coupon_writer, coupon_reader;
+        GRANT SELECT ON ALL TABLES IN SCHEMA public TO coupon_reader;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coupon_writer;
+        REVOKE UPDATE, DELETE, TRUNCATE ON ledger, ledger_seals, ledger_blocks FROM coupon_writer;
+        REVOKE UPDATE, DELETE, TRUNCATE ON schema_meta, provinces FROM coupon_writer;
+        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO coupon_writer;
+    END IF;
+END $$;
 
 -- ============================================================================================
 -- The terminal hot path. One call = one round trip = one transaction. Each function records the
@@ -331,6 +432,7 @@ BEGIN
                                    ELSE served_province END
         WHERE national_id = p_national_id
         RETURNING open_redemptions, served_province INTO hh_open, served_in;
+        PERFORM ledger_write_lock();
         INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
                             tranche_id, amount)
         VALUES ('redemption', p_request_id, p_terminal_id, term.merchant_id, p_national_id,
@@ -436,6 +538,7 @@ BEGIN
         FROM (SELECT served_province FROM households WHERE national_id = orig.national_id) old
         WHERE h.national_id = orig.national_id
         RETURNING h.open_redemptions, old.served_province INTO hh_open, served_in;
+        PERFORM ledger_write_lock();
         INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
                             tranche_id, amount, reverses)
         VALUES ('reversal', p_request_id, p_terminal_id, orig.merchant_id, orig.national_id,

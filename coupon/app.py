@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from coupon import db
+from coupon import audit, db
 from coupon.api import keys
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import access_log, handle_errors
@@ -34,6 +34,19 @@ async def prune_nonces(pool: db.Pool, clock_skew: int, every: float = 60.0) -> N
             log.warning("nonce_prune_failed", error=type(exc).__name__)
 
 
+async def seal_ledger(pool: db.Pool, every: float) -> None:
+    """Seal new ledger rows behind the writers, forever (one process at a time does the work)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with pool.acquire() as conn:
+                sealed = await audit.seal(conn)
+            if sealed:
+                log.debug("ledger_sealed", rows=sealed)
+        except db.UNAVAILABLE as exc:
+            log.warning("ledger_seal_failed", error=type(exc).__name__)
+
+
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """The service: routes, middleware, and a connection pool opened on start-up."""
     app = web.Application(middlewares=[access_log, handle_errors], client_max_size=MAX_JSON_BODY)
@@ -56,7 +69,14 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([pool, nonce_pruner])
+    async def sealer(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(seal_ledger(app[keys.POOL], settings.seal_interval))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([pool, nonce_pruner, sealer])
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
     return app

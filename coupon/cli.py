@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
+import datetime as dt
 import multiprocessing
 import os
 import signal
@@ -13,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from coupon import db, households, logs, tokens
+from coupon import audit, db, households, logs, tokens
 from coupon.config import Settings
 
 
@@ -53,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     imp = hh.add_parser("import", help="import households from a CSV file")
     imp.add_argument("file", type=Path)
     imp.set_defaults(run=_households_import)
+
+    aud = sub.add_parser("audit", help="ledger audit").add_subparsers()
+    ver = aud.add_parser("verify", help="recompute the ledger's hash chain")
+    ver.add_argument("--head", default=None, help="a head hash recorded earlier, to check")
+    ver.add_argument("--seal", action="store_true", help="seal pending rows first")
+    ver.set_defaults(run=_audit_verify)
+
+    report = sub.add_parser("report", help="reports").add_subparsers()
+    settle = report.add_parser("settlement", help="per-store settlement of a day, as CSV")
+    settle.add_argument(
+        "--date",
+        required=True,
+        type=dt.date.fromisoformat,
+        help="an Asia/Tehran calendar day, YYYY-MM-DD",
+    )
+    settle.set_defaults(run=_report_settlement)
 
     demo = sub.add_parser("demo", help="load demo data and serve it")
     demo.add_argument("--host", default=None)
@@ -130,6 +148,40 @@ def _households_import(settings: Settings, args: argparse.Namespace) -> int:
     if len(result.rejected) > 20:
         print(f"  ... and {len(result.rejected) - 20} more")
     return 0 if not result.rejected else 1
+
+
+def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    head = bytes.fromhex(args.head) if args.head else None
+
+    async def run(conn: db.Connection) -> Any:
+        if args.seal:
+            await audit.seal(conn)
+        return await audit.verify(conn, head)
+
+    result = _with_database(settings, run)
+    print(result.model_dump_json(indent=2))
+    return 0 if result.ok else 1
+
+
+def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(conn: db.Connection) -> list[dict[str, Any]]:
+        return await audit.settlement(conn, args.date)
+
+    rows = _with_database(settings, run)
+    columns = (
+        "merchant_id",
+        "name",
+        "province",
+        "redemptions",
+        "reversals",
+        "redeemed_amount",
+        "reversed_amount",
+        "net_amount",
+    )
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return 0
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

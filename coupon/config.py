@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     clock_skew: int = 300
     # counter shards per province; more shards, less lock contention between writers
     counter_shards: int = 16
+    # seconds between sealing runs (SPEC: rows sealed within 2 s of commit)
+    seal_interval: float = 0.5
     log_level: str = "info"
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True

@@ -74,8 +74,31 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
         )
 
 
+WRITER_ROLE = "coupon_writer"
+
+
+async def _writer_role(dsn: str) -> str | None:
+    """coupon_writer when the database has it and this login may become it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        allowed: bool = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1) "
+            "AND pg_has_role(session_user, $1, 'MEMBER')",
+            WRITER_ROLE,
+        )
+    finally:
+        await conn.close()
+    return WRITER_ROLE if allowed else None
+
+
 async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
-    """A pool whose connections decode json with orjson and give up after db_timeout."""
+    """A pool whose connections run as coupon_writer (no UPDATE/DELETE on the ledger), decode
+    json with orjson and give up after db_timeout."""
+    server_settings = {"timezone": "UTC", "jit": "off", "application_name": "coupon"}
+    role = await _writer_role(dsn)
+    if role:
+        # a startup setting, so the pool's RESET ALL on release keeps it
+        server_settings["role"] = role
     options: dict[str, Any] = {
         "min_size": settings.pool_min_size,
         "max_size": settings.pool_max_size,
@@ -83,7 +106,7 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
         "timeout": settings.db_timeout,
         "init": _init_connection,
         # answers carry UTC timestamps; JIT only slows short OLTP statements down
-        "server_settings": {"timezone": "UTC", "jit": "off", "application_name": "coupon"},
+        "server_settings": server_settings,
         # statements are prepared per connection; keep them (the hot path has a handful)
         "max_inactive_connection_lifetime": 300.0,
     }

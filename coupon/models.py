@@ -298,3 +298,63 @@ class Stats(BaseModel):
     tranche_id: int | None
     totals: Totals
     provinces: list[ProvinceStats]
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+class LedgerQuery(Model):
+    national_id: NationalId | None = None
+    merchant_id: Annotated[int, Field(gt=0)] | None = None
+    terminal_id: Annotated[int, Field(gt=0)] | None = None
+    province: ProvinceCode | None = None
+    tranche_id: Annotated[int, Field(gt=0)] | None = None
+    kind: Literal["redemption", "reversal"] | None = None
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    after: Annotated[int, Field(ge=0)] = 0
+
+
+class LedgerEntry(BaseModel):
+    seq: int
+    kind: Literal["redemption", "reversal"]
+    entry_id: int
+    request_id: str
+    terminal_id: int
+    merchant_id: int
+    national_id: str
+    province: str
+    tranche_id: int
+    amount: int
+    created_at: dt.datetime
+
+
+class LedgerPage(BaseModel):
+    entries: list[LedgerEntry]
+    next: str | None
+
+
+class Verification(BaseModel):
+    ok: bool
+    entries: int
+    head: str | None
+    head_seq: int
+    first_bad_seq: int | None
+    reason: str | None
+
+
+class MerchantSettlement(BaseModel):
+    merchant_id: int
+    name: str
+    province: str
+    redemptions: int
+    reversals: int
+    redeemed_amount: int
+    reversed_amount: int
+    net_amount: int
+
+
+class Settlement(BaseModel):
+    date: dt.date
+    merchants: list[MerchantSettlement]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, stats, system, terminal
+from coupon.api import admin, audit, stats, system, terminal
 from coupon.api.keys import Handler
 from coupon.models import (
     Approved,
@@ -15,6 +15,7 @@ from coupon.models import (
     Health,
     Household,
     ImportResponse,
+    LedgerPage,
     Merchant,
     MerchantCreate,
     MerchantCreated,
@@ -22,6 +23,7 @@ from coupon.models import (
     RedemptionRequest,
     ReversalRequest,
     Reversed,
+    Settlement,
     Stats,
     StatusChange,
     Terminal,
@@ -29,6 +31,7 @@ from coupon.models import (
     TrancheCreate,
     TrancheCreated,
     TrancheList,
+    Verification,
 )
 
 
@@ -73,6 +76,41 @@ ROUTES: tuple[Route, ...] = (
         body=ReversalRequest,
         responses={201: Reversed, 202: PendingOriginal, 403: None, 409: None},
         tag="terminal",
+    ),
+    Route(
+        "GET",
+        "/v1/ledger",
+        audit.get_ledger,
+        "Ledger entries in seq order (filters, keyset pagination with after/next)",
+        "auditor",
+        responses={200: LedgerPage},
+        tag="audit",
+    ),
+    Route(
+        "GET",
+        "/v1/ledger.csv",
+        audit.get_ledger_csv,
+        "The same entries as CSV, streamed",
+        "auditor",
+        tag="audit",
+    ),
+    Route(
+        "GET",
+        "/v1/ledger/verify",
+        audit.verify_ledger,
+        "Recompute the hash chain; ok false names the first bad seq",
+        "auditor",
+        responses={200: Verification},
+        tag="audit",
+    ),
+    Route(
+        "GET",
+        "/v1/reports/settlement",
+        audit.get_settlement,
+        "Per-store settlement of one Asia/Tehran day (?date=YYYY-MM-DD)",
+        "operator,auditor",
+        responses={200: Settlement},
+        tag="audit",
     ),
     Route(
         "GET",

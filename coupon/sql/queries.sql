@@ -282,3 +282,109 @@ ORDER BY p.code;
 -- name: tranche_exists
 -- Whether a tranche id is known.
 SELECT EXISTS (SELECT FROM tranches WHERE id = $1);
+
+-- name: ledger_page
+-- One page of the ledger in seq order after a cursor; every filter is optional (null = any).
+-- Run with plan_cache_mode = force_custom_plan so each call is planned for its own filters;
+-- the inner select finds the page's seqs (often from an index alone), the outer fetches rows.
+SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
+       tranche_id, amount, created_at
+FROM ledger
+WHERE seq IN (
+    SELECT seq FROM ledger
+    WHERE ($1::text IS NULL OR national_id = $1)
+      AND ($2::bigint IS NULL OR merchant_id = $2)
+      AND ($3::bigint IS NULL OR terminal_id = $3)
+      AND ($4::text IS NULL OR province = $4)
+      AND ($5::bigint IS NULL OR tranche_id = $5)
+      AND ($6::text IS NULL OR kind = $6)
+      AND ($7::timestamptz IS NULL OR created_at >= $7)
+      AND ($8::timestamptz IS NULL OR created_at < $8)
+      AND seq > $9
+    ORDER BY seq
+    LIMIT $10
+)
+ORDER BY seq;
+
+-- name: settlement
+-- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed.
+SELECT m.id AS merchant_id, m.name, m.province,
+       count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
+       count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
+       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'redemption'), 0)::bigint AS redeemed_amount,
+       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reversal'), 0)::bigint AS reversed_amount,
+       coalesce(sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END), 0)::bigint
+           AS net_amount
+FROM ledger l
+JOIN merchants m ON m.id = l.merchant_id
+WHERE l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND l.created_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+GROUP BY m.id
+ORDER BY m.id;
+
+-- name: ledger_horizon
+-- Wait for every writer holding the ledger's shared lock to commit, then read max(seq): every
+-- seq up to it is now committed or never will be.
+SELECT pg_advisory_xact_lock(7365626, 2), coalesce(max(seq), 0) AS horizon FROM ledger;
+
+-- name: lock_sealer
+-- One sealer at a time, whichever process runs it.
+SELECT pg_advisory_xact_lock(7365626, 3);
+
+-- name: last_block
+-- The chain's current head.
+SELECT block_no, last_seq, hash FROM ledger_blocks ORDER BY block_no DESC LIMIT 1;
+
+-- name: seal_rows
+-- Digest the rows (after, up to] into a new block's seals; at most $4 rows per block.
+INSERT INTO ledger_seals (seq, block_no, digest)
+SELECT seq, $3, ledger_digest(seq, kind, request_id, terminal_id, merchant_id, national_id,
+                              province, tranche_id, amount, reverses, created_at)
+FROM ledger WHERE seq > $1 AND seq <= $2
+ORDER BY seq
+LIMIT $4;
+
+-- name: close_block
+-- Chain the new block: hash = sha256(previous hash || its digests in seq order).
+INSERT INTO ledger_blocks (block_no, first_seq, last_seq, entries, prev_hash, hash)
+SELECT $1, min(seq), max(seq), count(*), $2::bytea,
+       sha256($2::bytea || string_agg(digest, ''::bytea ORDER BY seq))
+FROM ledger_seals WHERE block_no = $1
+HAVING count(*) > 0
+RETURNING block_no, last_seq, hash;
+
+-- name: verify_rows
+-- Up to the sealed head: the first seq whose row is missing, unsealed, or does not match its
+-- digest, and how many rows there are in all.
+WITH head AS (SELECT coalesce(max(last_seq), 0) AS seq FROM ledger_blocks)
+SELECT (SELECT min(coalesce(l.seq, s.seq))
+        FROM ledger l FULL JOIN ledger_seals s ON s.seq = l.seq
+        WHERE (l.seq IS NULL OR s.seq IS NULL
+               OR s.digest <> ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id,
+                                            l.merchant_id, l.national_id, l.province,
+                                            l.tranche_id, l.amount, l.reverses, l.created_at))
+          AND coalesce(l.seq, s.seq) <= (SELECT seq FROM head)) AS first_bad_seq,
+       (SELECT count(*) FROM ledger) AS entries,
+       (SELECT seq FROM head) AS sealed_seq;
+
+-- name: verify_blocks
+-- The first block whose hash, link to its predecessor, or seal count does not hold.
+SELECT b.block_no, b.first_seq
+FROM (
+    SELECT block_no, first_seq, last_seq, entries, prev_hash, hash,
+           lag(hash, 1, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+               OVER (ORDER BY block_no) AS expected_prev
+    FROM ledger_blocks
+) b
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, string_agg(s.digest, ''::bytea ORDER BY s.seq) AS digests
+    FROM ledger_seals s WHERE s.seq BETWEEN b.first_seq AND b.last_seq AND s.block_no = b.block_no
+) d
+WHERE b.prev_hash <> b.expected_prev OR d.n <> b.entries
+   OR b.hash <> sha256(b.prev_hash || coalesce(d.digests, ''::bytea))
+ORDER BY b.block_no
+LIMIT 1;
+
+-- name: block_with_hash
+-- Whether the chain still holds a block an auditor recorded.
+SELECT block_no, last_seq FROM ledger_blocks WHERE hash = $1;

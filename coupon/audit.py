@@ -1,0 +1,155 @@
+"""Audit: ledger pages and CSV export, settlement per store, and the tamper-evident chain
+(sealing behind the writers, verification)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from coupon import db
+from coupon.models import Verification
+
+GENESIS = bytes(32)
+MAX_BLOCK_ROWS = 50_000
+CSV_COLUMNS = (
+    "seq",
+    "kind",
+    "entry_id",
+    "request_id",
+    "terminal_id",
+    "merchant_id",
+    "national_id",
+    "province",
+    "tranche_id",
+    "amount",
+    "created_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFilter:
+    national_id: str | None = None
+    merchant_id: int | None = None
+    terminal_id: int | None = None
+    province: str | None = None
+    tranche_id: int | None = None
+    kind: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def args(self) -> tuple[Any, ...]:
+        return (
+            self.national_id,
+            self.merchant_id,
+            self.terminal_id,
+            self.province,
+            self.tranche_id,
+            self.kind,
+            self.since,
+            self.until,
+        )
+
+
+async def read_only(conn: db.Connection) -> None:
+    """Inside a transaction: drop to the auditor's read-only role, when the database has it."""
+    await conn.execute(
+        "SELECT set_config('role', 'coupon_reader', true) "
+        "WHERE pg_has_role(session_user, 'coupon_reader', 'MEMBER')"
+    )
+
+
+async def ledger_page(
+    conn: db.Connection, where: LedgerFilter, after: int, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to limit entries after the cursor, and the next cursor (None at the end)."""
+    async with conn.transaction(readonly=True):
+        await read_only(conn)
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        rows = await conn.fetch(db.q("ledger_page"), *where.args(), after, limit + 1)
+    entries = [dict(r) for r in rows[:limit]]
+    return entries, (entries[-1]["seq"] if len(rows) > limit else None)
+
+
+async def export_csv(
+    conn: db.Connection, where: LedgerFilter, write: Callable[[bytes], Coroutine[Any, Any, None]]
+) -> None:
+    """Stream every matching entry as CSV (PostgreSQL formats it; memory stays flat)."""
+    query = db.q("ledger_page")
+    async with conn.transaction(readonly=True):
+        await read_only(conn)
+        await conn.copy_from_query(
+            query, *where.args(), 0, None, output=write, format="csv", header=True
+        )
+
+
+async def settlement(conn: db.Connection, day: dt.date) -> list[dict[str, Any]]:
+    """What each store redeemed, had reversed and is owed for one Asia/Tehran day."""
+    async with conn.transaction(readonly=True):
+        await read_only(conn)
+        return [dict(r) for r in await conn.fetch(db.q("settlement"), day)]
+
+
+async def seal(conn: db.Connection, max_rows: int = MAX_BLOCK_ROWS) -> int:
+    """Seal every committed, unsealed ledger row into new blocks; returns how many.
+
+    Safe with several processes (one sealer at a time) and never blocks writers for longer
+    than it takes the transactions already in flight to commit."""
+    sealed = 0
+    async with conn.transaction():
+        horizon: int = (await conn.fetchrow(db.q("ledger_horizon")))["horizon"]  # type: ignore[index]
+    while True:
+        async with conn.transaction():
+            await conn.execute(db.q("lock_sealer"))
+            last = await conn.fetchrow(db.q("last_block"))
+            block_no, last_seq, prev = (
+                (last["block_no"], last["last_seq"], last["hash"]) if last else (0, 0, GENESIS)
+            )
+            if last_seq >= horizon:
+                return sealed
+            status = await conn.execute(
+                db.q("seal_rows"), last_seq, horizon, block_no + 1, max_rows
+            )
+            rows = int(status.split()[-1])
+            if rows == 0:  # only gaps left (aborted writers): nothing to seal up to the horizon
+                return sealed
+            await conn.fetchrow(db.q("close_block"), block_no + 1, prev)
+            sealed += rows
+
+
+async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Verification:
+    """Recompute every seal and block of the chain; name the first seq that does not hold."""
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        await read_only(conn)
+        rows = await conn.fetchrow(db.q("verify_rows"))
+        bad_block = await conn.fetchrow(db.q("verify_blocks"))
+        last = await conn.fetchrow(db.q("last_block"))
+        known = (
+            await conn.fetchrow(db.q("block_with_hash"), expected_head)
+            if expected_head is not None
+            else None
+        )
+    assert rows is not None
+    head = last["hash"].hex() if last else None
+    head_seq = last["last_seq"] if last else 0
+    # a row-level failure names the exact seq; a block-level one names the block's first seq
+    first_bad = rows["first_bad_seq"]
+    if first_bad is None and bad_block is not None:
+        first_bad = bad_block["first_seq"]
+    reason = None
+    if rows["first_bad_seq"] is not None:
+        reason = "a row does not match its seal (changed, deleted or inserted)"
+    elif bad_block is not None:
+        reason = f"block {bad_block['block_no']} does not hash to its recorded value"
+    elif expected_head is not None and known is None:
+        reason = "the recorded head is no longer in the chain: history was rewritten"
+        first_bad = first_bad or 1
+    return Verification(
+        ok=reason is None,
+        entries=rows["entries"],
+        head=head,
+        head_seq=head_seq,
+        first_bad_seq=first_bad,
+        reason=reason,
+    )

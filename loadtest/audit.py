@@ -1,0 +1,166 @@
+"""Audit at scale: 10,000,000 ledger rows generated set-based, then sealing, filtered pages,
+CSV export, verification, and what sealing costs redemption throughput.
+
+    python -m loadtest.audit --rows 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import random
+import shlex
+import sys
+import time
+from typing import Any
+
+import asyncpg
+
+from coupon import audit
+from loadtest import redeem
+from loadtest.common import bench_database, machine
+
+GENERATE = """
+INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                    tranche_id, amount, reverses, created_at)
+SELECT CASE WHEN i % 33 = 0 THEN 'reversal' ELSE 'redemption' END,
+       'g' || i, 1000 + (i * 7919) % 40000, 1 + (i * 7919) % 40000 / 2,
+       lpad(((i::bigint * 2654435761) % 2000003)::text, 10, '0'),
+       'IR-' || lpad(((i * 31337) % 31)::text, 2, '0'),
+       1, 1000 * (1 + (i * 104729) % 5000),
+       CASE WHEN i % 33 = 0 THEN i - 1 END,
+       timestamptz '2026-03-21 00:00:00+03:30' + i * interval '120 milliseconds'
+FROM generate_series($1::bigint, $2::bigint) AS i
+"""
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+    return {
+        "p50_ms": round(samples[len(samples) // 2] * 1000, 2),
+        "p95_ms": round(samples[int(len(samples) * 0.95)] * 1000, 2),
+        "max_ms": round(samples[-1] * 1000, 2),
+    }
+
+
+async def timed_pages(
+    conn: asyncpg.Connection, filters: list[audit.LedgerFilter]
+) -> dict[str, float]:
+    samples = []
+    for where in filters:
+        started = time.perf_counter()
+        entries, _ = await audit.ledger_page(conn, where, 0, 100)
+        samples.append(time.perf_counter() - started)
+        assert entries or where.since is not None
+    return percentiles(samples)
+
+
+async def run(rows: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": rows}
+    async with bench_database("coupon_bench_audit") as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            started = time.perf_counter()
+            step = 1_000_000
+            for first in range(1, rows + 1, step):
+                await conn.execute(GENERATE, first, min(first + step - 1, rows))
+            await conn.execute("ANALYZE ledger")
+            out["generate_s"] = round(time.perf_counter() - started, 1)
+
+            started = time.perf_counter()
+            sealed = await audit.seal(conn)
+            seal_s = time.perf_counter() - started
+            out["seal_rows_per_s"] = round(sealed / seal_s)
+
+            rng = random.Random(1)
+            sample = await conn.fetch(
+                "SELECT national_id, merchant_id, province, created_at FROM ledger "
+                "WHERE seq = ANY($1::bigint[])",
+                [rng.randrange(1, rows) for _ in range(200)],
+            )
+            out["page_by_household"] = await timed_pages(
+                conn, [audit.LedgerFilter(national_id=r["national_id"]) for r in sample]
+            )
+            out["page_by_merchant"] = await timed_pages(
+                conn, [audit.LedgerFilter(merchant_id=r["merchant_id"]) for r in sample]
+            )
+            out["page_by_province_and_day"] = await timed_pages(
+                conn,
+                [
+                    audit.LedgerFilter(
+                        province=r["province"],
+                        since=r["created_at"],
+                        until=r["created_at"] + dt.timedelta(days=1),
+                    )
+                    for r in sample
+                ],
+            )
+
+            written = 0
+
+            async def sink(chunk: bytes) -> None:
+                nonlocal written
+                written += chunk.count(b"\n")
+
+            started = time.perf_counter()
+            await audit.export_csv(conn, audit.LedgerFilter(), sink)
+            csv_s = time.perf_counter() - started
+            out["csv_rows"] = written - 1
+            out["csv_rows_per_s"] = round((written - 1) / csv_s)
+
+            started = time.perf_counter()
+            result = await audit.verify(conn)
+            verify_s = time.perf_counter() - started
+            assert result.ok, result
+            out["verify_rows_per_s"] = round(result.entries / verify_s)
+        finally:
+            await conn.close()
+
+    # what sealing costs redemptions: the same closed loop without and with a sealer running
+    async with bench_database("coupon_bench_seal", counter_shards=redeem.SHARDS) as dsn:
+        ids, terminals = await redeem.seed(dsn, 20_000, 32)
+        without = await redeem.db_loop(dsn, ids, terminals, 8, seconds)
+        sealer_conn = await asyncpg.connect(dsn)
+        await audit.seal(sealer_conn)
+
+        async def sealer() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                await audit.seal(sealer_conn)
+
+        task = asyncio.create_task(sealer())
+        with_sealer = await redeem.db_loop(dsn, ids, terminals, 8, seconds)
+        task.cancel()
+        await sealer_conn.close()
+        out["redemptions_without_sealer"] = without
+        out["redemptions_with_sealer"] = with_sealer
+        out["sealing_cost_pct"] = round(100 * (1 - with_sealer["per_s"] / without["per_s"]), 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--seconds", type=float, default=15)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.rows, args.seconds))
+    print(
+        json.dumps(
+            {
+                "command": "python -m loadtest.audit " + shlex.join(sys.argv[1:]),
+                "machine": machine(),
+                "date": dt.date.today().isoformat(),
+                **result,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""The auditor's ledger: filters, pagination, CSV, settlement, and tamper evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+from typing import Any
+
+import asyncpg
+import pytest
+
+from coupon import audit
+from tests.integration.terminal import Client, World, make_terminal, make_world
+
+
+async def busy_world(client: Client, operator: dict[str, str]) -> tuple[World, Any]:
+    """Two stores, several households over three provinces, redemptions and reversals."""
+    world = await make_world(client, operator, n=9)
+    other = await make_terminal(client, operator, province="IR-23")
+    ids = list(world.credit)
+    for i, nid in enumerate(ids):
+        t = world.terminal if i % 2 == 0 else other
+        await t.redeem(nid, 10_000 + i, request_id=f"a{i}")
+        await t.redeem(nid, 20_000 + i, request_id=f"b{i}")
+    await world.terminal.reverse("a0", request_id="void-a0")
+    await other.reverse("b1", request_id="void-b1")
+    return world, other
+
+
+async def page(client: Client, auditor: dict[str, str], query: str = "") -> dict[str, Any]:
+    resp = await client.get(f"/v1/ledger?{query}", headers=auditor)
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def test_filters_match_the_ledger(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world, other = await busy_world(client, operator)
+    everything = (await page(client, auditor, "limit=1000"))["entries"]
+    assert len(everything) == 20 and [e["seq"] for e in everything] == sorted(
+        e["seq"] for e in everything
+    )
+    entry = everything[0]
+    assert set(entry) == {
+        "seq",
+        "kind",
+        "entry_id",
+        "request_id",
+        "terminal_id",
+        "merchant_id",
+        "national_id",
+        "province",
+        "tranche_id",
+        "amount",
+        "created_at",
+    }
+    assert all(e["amount"] > 0 for e in everything)
+    nid = next(iter(world.credit))
+    middle = everything[10]["created_at"]
+    filters = {
+        f"national_id={nid}": lambda e: e["national_id"] == nid,
+        f"merchant_id={other.merchant_id}": lambda e: e["merchant_id"] == other.merchant_id,
+        f"terminal_id={world.terminal.terminal_id}": lambda e: (
+            e["terminal_id"] == world.terminal.terminal_id
+        ),
+        "province=IR-23": lambda e: e["province"] == "IR-23",
+        f"tranche_id={world.tranche_id}": lambda e: e["tranche_id"] == world.tranche_id,
+        "kind=reversal": lambda e: e["kind"] == "reversal",
+        f"from={middle}": lambda e: e["created_at"] >= middle,
+        f"to={middle}": lambda e: e["created_at"] < middle,
+        f"province=IR-15&kind=redemption&terminal_id={world.terminal.terminal_id}": lambda e: (
+            e["province"] == "IR-15"
+            and e["kind"] == "redemption"
+            and e["terminal_id"] == world.terminal.terminal_id
+        ),
+        f"merchant_id={other.merchant_id}&from={middle}&kind=redemption": lambda e: (
+            e["merchant_id"] == other.merchant_id
+            and e["created_at"] >= middle
+            and e["kind"] == "redemption"
+        ),
+    }
+    for query, keep in filters.items():
+        got = (await page(client, auditor, query.replace("+", "%2B")))["entries"]
+        expected = [e for e in everything if keep(e)]
+        assert got == expected, query
+        assert expected or "from" in query or "to" in query, query
+
+
+async def test_bad_ledger_queries(
+    client: Client, auditor: dict[str, str], operator: dict[str, str]
+) -> None:
+    for query in (
+        "limit=1001",
+        "limit=0",
+        "after=-1",
+        "kind=refund",
+        "province=Tehran",
+        "national_id=123",
+        "from=yesterday",
+        "from=2026-01-01T00:00:00",
+        "merchant_id=x",
+        "color=red",
+    ):
+        resp = await client.get(f"/v1/ledger?{query}", headers=auditor)
+        assert resp.status == 422, query
+        assert (await resp.json())["error"]["code"] == "invalid_request"
+    # operators do not read per-household rows; terminals and strangers neither
+    assert (await client.get("/v1/ledger", headers=operator)).status == 403
+    assert (await client.get("/v1/ledger.csv", headers=operator)).status == 403
+    assert (await client.get("/v1/ledger")).status == 401
+
+
+async def test_pagination_neither_skips_nor_repeats_while_redemptions_continue(
+    client: Client, operator: dict[str, str], auditor: dict[str, str]
+) -> None:
+    world = await make_world(client, operator, n=20)
+    ids = list(world.credit)
+    for i in range(30):
+        await world.terminal.redeem(ids[i % 20], 1000, request_id=f"p{i}")
+    stop = asyncio.Event()
+
+    async def keep_redeeming() -> int:
+        n = 0
+        while not stop.is_set():
+            await world.terminal.redeem(ids[n % 20], 1000, request_id=f"q{n}")
+            n += 1
+        return n
+
+    writer = asyncio.create_task(keep_redeeming())
+    seen: list[int] = []
+    cursor = "0"
+    pages = 0
+    while True:
+        body = await page(client, auditor, f"limit=7&after={cursor}")
+        seen.extend(e["seq"] for e in body["entries"])
+        pages += 1
+        if pages == 8:  # the writer stops mid-way; paging then runs to the end
+            stop.set()
+            assert await writer > 0
+        if body["next"] is None:
+            break
+        cursor = body["next"]
+        await asyncio.sleep(0.01)
+    stop.set()
+    await writer
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)
+    everything = [e["seq"] for e in (await page(client, auditor, "limit=1000"))["entries"]]
+    assert seen == everything  # every row exactly once, none skipped
+
+
+async def test_csv_equals_json(
+    client: Client, operator: dict[str, str], auditor: dict[str, str]
+) -> None:
+    await busy_world(client, operator)
+    for query in ("", "province=IR-23", "kind=reversal"):
+        resp = await client.get(f"/v1/ledger.csv?{query}", headers=auditor)
+        assert resp.status == 200 and resp.content_type == "text/csv"
+        rows = list(csv.DictReader(io.StringIO(await resp.text())))
+        entries = (await page(client, auditor, f"limit=1000&{query}"))["entries"]
+        assert len(rows) == len(entries) > 0
+        for row, entry in zip(rows, entries, strict=True):
+            assert set(row) == set(entry)
+            for key in ("seq", "entry_id", "terminal_id", "merchant_id", "tranche_id", "amount"):
+                assert int(row[key]) == entry[key]
+            for key in ("kind", "request_id", "national_id", "province"):
+                assert row[key] == entry[key]
+            assert dt.datetime.fromisoformat(row["created_at"]) == dt.datetime.fromisoformat(
+                entry["created_at"]
+            )
+    resp = await client.get("/v1/ledger.csv?limit=5", headers=auditor)
+    assert resp.status == 422
+
+
+async def test_settlement_equals_the_ledger(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world, other = await busy_world(client, operator)
+    today = await conn.fetchval("SELECT (now() AT TIME ZONE 'Asia/Tehran')::date")
+    resp = await client.get(f"/v1/reports/settlement?date={today}", headers=operator)
+    assert resp.status == 200
+    report = await resp.json()
+    assert report["date"] == today.isoformat()
+    entries = (await page(client, auditor, "limit=1000"))["entries"]
+    for store in report["merchants"]:
+        mine = [e for e in entries if e["merchant_id"] == store["merchant_id"]]
+        assert store["redemptions"] == sum(e["kind"] == "redemption" for e in mine)
+        assert store["reversals"] == sum(e["kind"] == "reversal" for e in mine)
+        assert store["net_amount"] == sum(
+            e["amount"] if e["kind"] == "redemption" else -e["amount"] for e in mine
+        )
+    assert {s["merchant_id"] for s in report["merchants"]} == {
+        world.terminal.merchant_id,
+        other.merchant_id,
+    }
+    # the day before has nothing; a bad date is 422
+    yesterday = today - dt.timedelta(days=1)
+    empty = await (
+        await client.get(f"/v1/reports/settlement?date={yesterday}", headers=auditor)
+    ).json()
+    assert empty["merchants"] == []
+    assert (
+        await client.get("/v1/reports/settlement?date=13/01/2026", headers=auditor)
+    ).status == 422
+
+
+async def test_settlement_days_are_tehran_days(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    nid = next(iter(world.credit))
+    await world.terminal.redeem(nid, 1000, request_id="late")
+    # 21:00 UTC on 2026-03-20 is 00:30 on 2026-03-21 in Tehran (UTC+3:30)
+    await conn.execute("ALTER TABLE ledger DISABLE TRIGGER USER")
+    await conn.execute("UPDATE ledger SET created_at = '2026-03-20T21:00:00Z'")
+    report = await (
+        await client.get("/v1/reports/settlement?date=2026-03-21", headers=auditor)
+    ).json()
+    assert [s["redemptions"] for s in report["merchants"]] == [1]
+    report = await (
+        await client.get("/v1/reports/settlement?date=2026-03-20", headers=auditor)
+    ).json()
+    assert report["merchants"] == []
+
+
+# -- tamper evidence --------------------------------------------------------------------------
+
+
+async def sealed_world(
+    client: Client, operator: dict[str, str], conn: asyncpg.Connection
+) -> list[int]:
+    await busy_world(client, operator)
+    await audit.seal(conn, max_rows=6)  # several blocks
+    return [r["seq"] for r in await conn.fetch("SELECT seq FROM ledger ORDER BY seq")]
+
+
+async def verify(client: Client, auditor: dict[str, str], query: str = "") -> dict[str, Any]:
+    resp = await client.get(f"/v1/ledger/verify?{query}", headers=auditor)
+    assert resp.status == 200
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def test_a_clean_ledger_verifies(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    seqs = await sealed_world(client, operator, conn)
+    result = await verify(client, auditor)
+    assert result["ok"] is True and result["first_bad_seq"] is None
+    assert result["entries"] == len(seqs) and result["head_seq"] == seqs[-1]
+    assert len(result["head"]) == 64
+    assert await conn.fetchval("SELECT count(*) FROM ledger_blocks") == 4  # 20 rows / 6
+    # a head recorded now still verifies later, after more rows are sealed
+    head = result["head"]
+    await conn.execute(
+        "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, "
+        "national_id, province, tranche_id, amount) SELECT kind, 'more', "
+        "terminal_id, merchant_id, national_id, province, tranche_id, 5 "
+        "FROM ledger WHERE seq = $1",
+        seqs[1],
+    )
+    await audit.seal(conn)
+    later = await verify(client, auditor, f"head={head}")
+    assert later["ok"] is True and later["head"] != head and later["entries"] == len(seqs) + 1
+    resp = await client.get("/v1/ledger/verify?head=zz", headers=auditor)
+    assert resp.status == 422
+
+
+TAMPERING = {
+    "change an amount": ("UPDATE ledger SET amount = amount + 1 WHERE seq = $1", 7),
+    "change a household": ("UPDATE ledger SET national_id = '0084575948' WHERE seq = $1", 3),
+    "change the time": (
+        "UPDATE ledger SET created_at = created_at - interval '1 hour' WHERE seq = $1",
+        12,
+    ),
+    "delete a row": ("DELETE FROM ledger WHERE seq = $1", 5),
+}
+
+COLUMNS = (
+    "kind, request_id, terminal_id, merchant_id, national_id, province, tranche_id, "
+    "amount, reverses, created_at"
+)
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+async def test_each_kind_of_tampering_names_the_first_bad_seq(
+    client: Client,
+    operator: dict[str, str],
+    auditor: dict[str, str],
+    conn: asyncpg.Connection,
+    case: str,
+) -> None:
+    seqs = await sealed_world(client, operator, conn)
+    sql, index = TAMPERING[case]
+    target = seqs[index]
+    # as a superuser, triggers off: what the database itself cannot refuse
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute(sql, target)
+    await conn.execute("SET session_replication_role = origin")
+    result = await verify(client, auditor)
+    assert result["ok"] is False, case
+    assert result["first_bad_seq"] == target, (case, result)
+
+
+async def test_inserting_a_row_into_sealed_history_is_detected(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=3)
+    nid = next(iter(world.credit))
+    await world.terminal.redeem(nid, 1000, request_id="before")
+    gap = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('ledger', 'seq'))")
+    await world.terminal.redeem(nid, 1000, request_id="after")
+    await audit.seal(conn)
+    assert (await verify(client, auditor))["ok"] is True  # a gap is not an error
+    await conn.execute(
+        f"INSERT INTO ledger (seq, {COLUMNS}) OVERRIDING SYSTEM VALUE "
+        f"SELECT $1, kind, 'forged', terminal_id, merchant_id, national_id, province, "
+        f"tranche_id, amount, reverses, created_at FROM ledger WHERE request_id = 'before'",
+        gap,
+    )
+    result = await verify(client, auditor)
+    assert (result["ok"], result["first_bad_seq"]) == (False, gap)
+
+
+async def test_swapping_two_rows_is_detected(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    seqs = await sealed_world(client, operator, conn)
+    a, b = seqs[4], seqs[9]
+    await conn.execute("SET session_replication_role = replica")
+    swap = (
+        f"UPDATE ledger SET ({COLUMNS}) = (SELECT {COLUMNS} FROM ledger WHERE seq = $2) "
+        "WHERE seq = $1"
+    )
+    saved = await conn.fetchrow("SELECT * FROM ledger WHERE seq = $1", a)
+    await conn.execute(swap, a, b)
+    await conn.execute(
+        "UPDATE ledger SET amount = $2, request_id = $3, national_id = $4 WHERE seq = $1",
+        b,
+        saved["amount"],
+        saved["request_id"],
+        saved["national_id"],
+    )
+    result = await verify(client, auditor)
+    assert (result["ok"], result["first_bad_seq"]) == (False, a)
+
+
+async def test_a_rewritten_seal_breaks_its_block(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    seqs = await sealed_world(client, operator, conn)
+    target = seqs[8]  # in the second block (rows 7..12)
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute("UPDATE ledger SET amount = amount + 1 WHERE seq = $1", target)
+    await conn.execute(
+        """
+        UPDATE ledger_seals s SET digest = ledger_digest(l.seq, l.kind, l.request_id,
+            l.terminal_id, l.merchant_id, l.national_id, l.province, l.tranche_id, l.amount,
+            l.reverses, l.created_at)
+        FROM ledger l WHERE l.seq = s.seq AND s.seq = $1""",
+        target,
+    )
+    result = await verify(client, auditor)
+    assert result["ok"] is False and result["first_bad_seq"] == seqs[6]
+
+
+async def test_a_rewritten_chain_no_longer_holds_the_recorded_head(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    await sealed_world(client, operator, conn)
+    recorded = (await verify(client, auditor))["head"]
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute("UPDATE ledger SET amount = amount + 1 WHERE seq = 1")
+    await conn.execute("TRUNCATE ledger_seals, ledger_blocks")
+    await conn.execute("SET session_replication_role = origin")
+    await audit.seal(conn)  # the forger re-seals everything
+    assert (await verify(client, auditor))["ok"] is True  # self-consistent...
+    result = await verify(client, auditor, f"head={recorded}")
+    assert result["ok"] is False  # ...but not the history the auditor kept
+
+
+async def test_rows_are_sealed_by_the_running_service(
+    client: Client, operator: dict[str, str], auditor: dict[str, str]
+) -> None:
+    world = await make_world(client, operator, n=2)
+    await world.terminal.redeem(next(iter(world.credit)), 1000)
+    for _ in range(40):  # the app seals every 0.5 s
+        result = await verify(client, auditor)
+        if result["head_seq"] >= 1:
+            break
+        await asyncio.sleep(0.1)
+    assert result["head_seq"] >= 1 and result["ok"] is True
+
+
+# -- the database's own guards ----------------------------------------------------------------
+
+
+async def test_the_service_role_cannot_change_the_ledger(
+    client: Client, operator: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=1)
+    await world.terminal.redeem(next(iter(world.credit)), 1000)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL ROLE coupon_writer")
+        for sql in (
+            "UPDATE ledger SET amount = 1",
+            "DELETE FROM ledger",
+            "TRUNCATE ledger",
+            "UPDATE ledger_seals SET digest = digest",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(sql)
+    # even the owner is stopped by the trigger
+    for sql in ("UPDATE ledger SET amount = 1", "DELETE FROM ledger"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(sql)
+    assert await conn.fetchval("SELECT amount FROM ledger") == 1000
+
+
+async def test_the_pool_runs_as_the_writer_role(client: Client) -> None:
+    from coupon.api import keys
+
+    async with client.app[keys.POOL].acquire() as pooled:
+        assert await pooled.fetchval("SELECT current_user") == "coupon_writer"
+
+
+async def test_auditor_reads_are_read_only(conn: asyncpg.Connection) -> None:
+    async with conn.transaction(readonly=True):
+        await audit.read_only(conn)
+        assert await conn.fetchval("SELECT current_user") == "coupon_reader"
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await conn.execute("INSERT INTO provinces VALUES ('IR-99', 'x', 'y')")
+    async with conn.transaction():
+        await audit.read_only(conn)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM terminal_nonces")
