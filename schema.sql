@@ -183,7 +183,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_reverses_key ON ledger (reverses) WHERE reverses IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ledger_national_id_idx ON ledger (national_id, seq);
 CREATE INDEX IF NOT EXISTS ledger_merchant_id_idx ON ledger (merchant_id, seq);
-CREATE INDEX IF NOT EXISTS ledger_created_at_idx ON ledger (created_at);
+CREATE INDEX IF NOT EXISTS ledger_created_at_idx ON ledger (created_at) INCLUDE (seq);
 -- a province's entries in a time window: seq included so the page is found in the index alone
 CREATE INDEX IF NOT EXISTS ledger_province_time_idx ON ledger (province, created_at) INCLUDE (seq);
 

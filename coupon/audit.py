@@ -67,7 +67,12 @@ async def ledger_page(
     async with conn.transaction(readonly=True):
         await read_only(conn)
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        rows = await conn.fetch(db.q("ledger_page"), *where.args(), after, limit + 1)
+        query = (
+            "ledger_page"
+            if where.since is None and where.until is None
+            else ("ledger_page_in_window")
+        )
+        rows = await conn.fetch(db.q(query), *where.args(), after, limit + 1)
     entries = [dict(r) for r in rows[:limit]]
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 

@@ -306,6 +306,29 @@ WHERE seq IN (
 )
 ORDER BY seq;
 
+-- name: ledger_page_in_window
+-- The same page when a time window is given. `seq + 0` keeps the planner from walking the
+-- whole ledger in seq order hoping to meet the window early (created_at only roughly follows
+-- seq): it collects the window's seqs from a time index instead and keeps the first ones.
+SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
+       tranche_id, amount, created_at
+FROM ledger
+WHERE seq IN (
+    SELECT seq FROM ledger
+    WHERE ($1::text IS NULL OR national_id = $1)
+      AND ($2::bigint IS NULL OR merchant_id = $2)
+      AND ($3::bigint IS NULL OR terminal_id = $3)
+      AND ($4::text IS NULL OR province = $4)
+      AND ($5::bigint IS NULL OR tranche_id = $5)
+      AND ($6::text IS NULL OR kind = $6)
+      AND ($7::timestamptz IS NULL OR created_at >= $7)
+      AND ($8::timestamptz IS NULL OR created_at < $8)
+      AND seq > $9
+    ORDER BY seq + 0
+    LIMIT $10
+)
+ORDER BY seq;
+
 -- name: settlement
 -- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed.
 SELECT m.id AS merchant_id, m.name, m.province,
