@@ -124,37 +124,40 @@ async def seal(conn: db.Connection, max_rows: int = MAX_BLOCK_ROWS) -> int:
 
 
 async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Verification:
-    """Recompute every seal and block of the chain; name the first seq that does not hold."""
+    """Recompute the chain from the ledger rows; name the first seq that does not hold."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         await read_only(conn)
-        rows = await conn.fetchrow(db.q("verify_rows"))
-        bad_block = await conn.fetchrow(db.q("verify_blocks"))
+        bad_block = await conn.fetchrow(db.q("verify_chain"))
+        first_bad = None
+        if bad_block is not None:
+            # the seals pinpoint the row; if they were forged along with it, name the block
+            first_bad = (
+                await conn.fetchval(
+                    db.q("first_bad_row"), bad_block["prev_end"], bad_block["last_seq"]
+                )
+                or bad_block["first_seq"]
+            )
+        entries = await conn.fetchval(db.q("count_ledger"))
         last = await conn.fetchrow(db.q("last_block"))
         known = (
             await conn.fetchrow(db.q("block_with_hash"), expected_head)
             if expected_head is not None
             else None
         )
-    assert rows is not None
-    head = last["hash"].hex() if last else None
-    head_seq = last["last_seq"] if last else 0
-    # a row-level failure names the exact seq; a block-level one names the block's first seq
-    first_bad = rows["first_bad_seq"]
-    if first_bad is None and bad_block is not None:
-        first_bad = bad_block["first_seq"]
     reason = None
-    if rows["first_bad_seq"] is not None:
-        reason = "a row does not match its seal (changed, deleted or inserted)"
-    elif bad_block is not None:
-        reason = f"block {bad_block['block_no']} does not hash to its recorded value"
+    if bad_block is not None:
+        reason = (
+            f"block {bad_block['block_no']} does not match the ledger: a row was "
+            "changed, deleted, inserted or reordered"
+        )
     elif expected_head is not None and known is None:
         reason = "the recorded head is no longer in the chain: history was rewritten"
-        first_bad = first_bad or 1
+        first_bad = 1
     return Verification(
         ok=reason is None,
-        entries=rows["entries"],
-        head=head,
-        head_seq=head_seq,
+        entries=entries,
+        head=last["hash"].hex() if last else None,
+        head_seq=last["last_seq"] if last else 0,
         first_bad_seq=first_bad,
         reason=reason,
     )

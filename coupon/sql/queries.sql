@@ -376,37 +376,46 @@ FROM ledger_seals WHERE block_no = $1
 HAVING count(*) > 0
 RETURNING block_no, last_seq, hash;
 
--- name: verify_rows
--- Up to the sealed head: the first seq whose row is missing, unsealed, or does not match its
--- digest, and how many rows there are in all.
-WITH head AS (SELECT coalesce(max(last_seq), 0) AS seq FROM ledger_blocks)
-SELECT (SELECT min(coalesce(l.seq, s.seq))
-        FROM ledger l FULL JOIN ledger_seals s ON s.seq = l.seq
-        WHERE (l.seq IS NULL OR s.seq IS NULL
-               OR s.digest <> ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id,
-                                            l.merchant_id, l.national_id, l.province,
-                                            l.tranche_id, l.amount, l.reverses, l.created_at))
-          AND coalesce(l.seq, s.seq) <= (SELECT seq FROM head)) AS first_bad_seq,
-       (SELECT count(*) FROM ledger) AS entries,
-       (SELECT seq FROM head) AS sealed_seq;
-
--- name: verify_blocks
--- The first block whose hash, link to its predecessor, or seal count does not hold.
-SELECT b.block_no, b.first_seq
+-- name: verify_chain
+-- Recompute every block from the ledger rows themselves (not from the seals): a block covers
+-- every seq after the previous block's last one, so a row slipped into a gap is caught too.
+-- Returns the first block, in chain order, whose link, row count or hash does not hold.
+SELECT b.block_no, b.first_seq, b.last_seq, b.prev_end
 FROM (
     SELECT block_no, first_seq, last_seq, entries, prev_hash, hash,
+           lag(last_seq, 1, 0::bigint) OVER w AS prev_end,
            lag(hash, 1, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
-               OVER (ORDER BY block_no) AS expected_prev
+               OVER w AS expected_prev
     FROM ledger_blocks
+    WINDOW w AS (ORDER BY block_no)
 ) b
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n, string_agg(s.digest, ''::bytea ORDER BY s.seq) AS digests
-    FROM ledger_seals s WHERE s.seq BETWEEN b.first_seq AND b.last_seq AND s.block_no = b.block_no
+    SELECT count(*) AS n,
+           sha256(b.prev_hash || coalesce(string_agg(
+               ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id, l.merchant_id,
+                             l.national_id, l.province, l.tranche_id, l.amount, l.reverses,
+                             l.created_at),
+               ''::bytea ORDER BY l.seq), ''::bytea)) AS hash
+    FROM ledger l WHERE l.seq > b.prev_end AND l.seq <= b.last_seq
 ) d
-WHERE b.prev_hash <> b.expected_prev OR d.n <> b.entries
-   OR b.hash <> sha256(b.prev_hash || coalesce(d.digests, ''::bytea))
+WHERE b.prev_hash <> b.expected_prev OR d.n <> b.entries OR d.hash <> b.hash
 ORDER BY b.block_no
 LIMIT 1;
+
+-- name: first_bad_row
+-- Inside one block's range ($1, $2]: the first seq whose row is missing, has no seal, or does
+-- not match its seal.
+SELECT min(coalesce(l.seq, s.seq))
+FROM (SELECT * FROM ledger WHERE seq > $1 AND seq <= $2) l
+FULL JOIN (SELECT * FROM ledger_seals WHERE seq > $1 AND seq <= $2) s ON s.seq = l.seq
+WHERE l.seq IS NULL OR s.seq IS NULL
+   OR s.digest <> ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id, l.merchant_id,
+                                l.national_id, l.province, l.tranche_id, l.amount, l.reverses,
+                                l.created_at);
+
+-- name: count_ledger
+-- How many entries the ledger holds.
+SELECT count(*) FROM ledger;
 
 -- name: block_with_hash
 -- Whether the chain still holds a block an auditor recorded.
