@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     # counter shards per province; more shards, less lock contention between writers
     counter_shards: int = 16
     # seconds between sealing runs (SPEC: rows sealed within 2 s of commit)
-    seal_interval: float = 0.5
+    seal_interval: float = 1.0
     log_level: str = "info"
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True

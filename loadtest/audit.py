@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from coupon import audit
+from coupon.config import Settings
 from loadtest import redeem
 from loadtest.common import bench_database, machine
 
@@ -129,28 +130,35 @@ async def at_scale(rows: int) -> dict[str, Any]:
     return out
 
 
-async def sealing_cost(seconds: float) -> dict[str, Any]:
-    """What sealing costs redemptions: the same closed loop without and with a sealer."""
-    out: dict[str, Any] = {}
+async def sealing_cost(seconds: float, rounds: int = 4) -> dict[str, Any]:
+    """What sealing costs redemptions: the same closed loop without and with a sealer running,
+    alternated in short rounds so that the machine's drifting load hits both sides alike."""
     async with bench_database("coupon_bench_seal", counter_shards=redeem.SHARDS) as dsn:
         ids, terminals = await redeem.seed(dsn, 20_000, 32)
-        without = await redeem.db_loop(dsn, ids, terminals, 8, seconds)
         sealer_conn = await asyncpg.connect(dsn)
-        await audit.seal(sealer_conn)
+        counts = {"without": 0.0, "with": 0.0}
+        try:
+            for _ in range(rounds):
+                for side in ("without", "with"):
+                    await audit.seal(sealer_conn)
+                    task = asyncio.create_task(sealer(sealer_conn)) if side == "with" else None
+                    result = await redeem.db_loop(dsn, ids, terminals, 8, seconds / rounds)
+                    if task:
+                        task.cancel()
+                    counts[side] += result["per_s"] / rounds
+        finally:
+            await sealer_conn.close()
+    return {
+        "redemptions_per_s_without_sealer": round(counts["without"], 1),
+        "redemptions_per_s_with_sealer": round(counts["with"], 1),
+        "sealing_cost_pct": round(100 * (1 - counts["with"] / counts["without"]), 1),
+    }
 
-        async def sealer() -> None:
-            while True:
-                await asyncio.sleep(0.5)
-                await audit.seal(sealer_conn)
 
-        task = asyncio.create_task(sealer())
-        with_sealer = await redeem.db_loop(dsn, ids, terminals, 8, seconds)
-        task.cancel()
-        await sealer_conn.close()
-        out["redemptions_without_sealer"] = without
-        out["redemptions_with_sealer"] = with_sealer
-        out["sealing_cost_pct"] = round(100 * (1 - with_sealer["per_s"] / without["per_s"]), 1)
-    return out
+async def sealer(conn: asyncpg.Connection) -> None:
+    while True:
+        await asyncio.sleep(Settings().seal_interval)
+        await audit.seal(conn)
 
 
 def main() -> None:

@@ -387,7 +387,7 @@ async def test_rows_are_sealed_by_the_running_service(
 ) -> None:
     world = await make_world(client, operator, n=2)
     await world.terminal.redeem(next(iter(world.credit)), 1000)
-    for _ in range(40):  # the app seals every 0.5 s
+    for _ in range(60):  # the app seals every second
         result = await verify(client, auditor)
         if result["head_seq"] >= 1:
             break
