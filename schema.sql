@@ -209,6 +209,11 @@ CREATE TABLE IF NOT EXISTS province_counters_all (
     CONSTRAINT province_counters_all_pkey PRIMARY KEY (province, shard)
 ) WITH (fillfactor = 50);
 
+-- Ids of the live-counter stream's events (coupon/live.py): the stats publisher draws one for
+-- every change it announces, so that every server process labels the same change with the same
+-- ever-increasing id. Nothing on the redemption path touches it.
+CREATE SEQUENCE IF NOT EXISTS stats_version_seq;
+
 -- Finding a reversal's original when it was made at another terminal (403, not a tombstone).
 CREATE INDEX IF NOT EXISTS ledger_redemption_request_idx ON ledger (request_id)
     WHERE kind = 'redemption';
