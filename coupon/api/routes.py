@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, stats, system, terminal
+from coupon.api import admin, dashboard, stats, system, terminal
 from coupon.api.keys import Handler
 from coupon.models import (
     Approved,
@@ -103,6 +103,26 @@ ROUTES: tuple[Route, ...] = (
             ("access_token", "the bearer token, for clients that cannot send headers"),
         ),
         tag="counters",
+    ),
+    Route(
+        "GET",
+        "/dashboard",
+        dashboard.dashboard,
+        "The operators' live dashboard (Persian and English; asks for a token)",
+        "none",
+        responses={200: None},
+        media="text/html",
+        tag="dashboard",
+    ),
+    Route(
+        "GET",
+        "/dashboard/{name}",
+        dashboard.dashboard_asset,
+        "The dashboard's script, style sheet and province map positions",
+        "none",
+        responses={200: None, 404: None},
+        media="application/octet-stream",
+        tag="dashboard",
     ),
     Route(
         "GET",
