@@ -308,3 +308,22 @@ SELECT version, pg_notify($1, version::text) FROM v;
 -- name: stats_version
 -- The last stream version announced (0 before the first).
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM stats_version_seq;
+
+-- name: current_tranche
+-- The tranche whose redemption window contains now, if any.
+SELECT id FROM tranches WHERE tstzrange(starts_at, ends_at) @> now();
+
+-- name: terminal_ids
+-- Every terminal's id.
+SELECT id FROM terminals;
+
+-- name: demo_shoppers
+-- Households for the demo's simulated traffic (at most $1): province, and whether the current
+-- tranche credits them.
+SELECT h.national_id, h.province, e.national_id IS NOT NULL AS entitled
+FROM households h
+LEFT JOIN entitlements e
+    ON e.national_id = h.national_id
+   AND e.tranche_id = (SELECT id FROM tranches WHERE tstzrange(starts_at, ends_at) @> now())
+WHERE h.status = 'active'
+LIMIT $1;
