@@ -58,7 +58,13 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     async def live_counters(app: web.Application) -> AsyncIterator[None]:
         metrics = app[keys.METRICS]
-        hub = live.Hub(app[keys.POOL], dsn, on_snapshot=metrics.stats_snapshots.inc)
+        hub = live.Hub(
+            app[keys.POOL],
+            dsn,
+            poll_interval=settings.stats_poll_interval,
+            min_interval=settings.stats_min_interval,
+            on_snapshot=metrics.stats_snapshots.inc,
+        )
         app[keys.LIVE] = hub
         hub.start()
         yield
