@@ -206,6 +206,8 @@ class Hub:
             if not subscribers:
                 del self._subscribers[subscription.tranche_id]
                 self._cache.pop(subscription.tranche_id, None)
+                # unknown tranche ids come and go with their 404s: keep no lock for them
+                self._computing.pop(subscription.tranche_id, None)
 
     async def current(self, tranche_id: int | None) -> Snapshot:
         """The newest snapshot: cached while the listener would hear of any change, otherwise
