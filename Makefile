@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint fmt bench bench-bulk clean
+.PHONY: install run test lint fmt bench bench-bulk bench-stream clean
 
 install: $(STAMP)
 
@@ -30,10 +30,13 @@ fmt: install
 	$(BIN)/ruff format coupon tests loadtest
 	$(BIN)/ruff check --fix coupon tests loadtest
 
-bench: bench-bulk     ## every benchmark; figures go to BENCHMARKS.md by hand
+bench: bench-bulk bench-stream  ## every benchmark; figures go to BENCHMARKS.md by hand
 
 bench-bulk: install   ## 1,000,000 households: import and tranche opening
 	$(BIN)/python -m loadtest.bulk --households 1000000
+
+bench-stream: install ## live counters: stream lag, and what 500 SSE clients cost redemptions
+	$(BIN)/python -m loadtest.stream
 
 clean:
 	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out

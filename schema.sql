@@ -3,6 +3,11 @@
 -- <table>_<what>_<kind>. The hot path (redeem, reverse, balance) lives in SQL functions at the
 -- end of this file so that a terminal request costs one database round trip.
 
+-- Advisory lock keys (7365626, n), one meaning each -- keep this list whole:
+--   1 household import (one at a time)      2 ledger writers (shared) / seal horizon (exclusive)
+--   3 the ledger sealer (one at a time)     4 the live-counters publisher (session lock)
+-- (terminal, request_id) locks use other first keys: see terminal_request_lock().
+
 CREATE TABLE IF NOT EXISTS schema_meta (
     key   text PRIMARY KEY,
     value text NOT NULL
@@ -210,6 +215,11 @@ CREATE TABLE IF NOT EXISTS province_counters_all (
     eligible bigint NOT NULL DEFAULT 0,
     CONSTRAINT province_counters_all_pkey PRIMARY KEY (province, shard)
 ) WITH (fillfactor = 50);
+
+-- Ids of the live-counter stream's events (coupon/live.py): the stats publisher draws one for
+-- every change it announces, so that every server process labels the same change with the same
+-- ever-increasing id. Nothing on the redemption path touches it.
+CREATE SEQUENCE IF NOT EXISTS stats_version_seq;
 
 -- Finding a reversal's original when it was made at another terminal (403, not a tombstone).
 CREATE INDEX IF NOT EXISTS ledger_redemption_request_idx ON ledger (request_id)

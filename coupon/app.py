@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from coupon import audit, db
+from coupon import audit, db, live
 from coupon.api import keys
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import access_log, handle_errors
@@ -76,7 +76,27 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([pool, nonce_pruner, sealer])
+    async def live_counters(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[keys.METRICS]
+        hub = live.Hub(
+            app[keys.POOL],
+            dsn,
+            poll_interval=settings.stats_poll_interval,
+            min_interval=settings.stats_min_interval,
+            on_snapshot=metrics.stats_snapshots.inc,
+        )
+        app[keys.LIVE] = hub
+        hub.start()
+        yield
+        await hub.stop()
+
+    async def close_streams(app: web.Application) -> None:
+        # SSE streams never end by themselves: end them so that shutdown does not wait on them
+        if keys.LIVE in app:
+            app[keys.LIVE].close_streams()
+
+    app.cleanup_ctx.extend([pool, nonce_pruner, sealer, live_counters])
+    app.on_shutdown.append(close_streams)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
     return app

@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     settle.set_defaults(run=_report_settlement)
 
-    demo = sub.add_parser("demo", help="load demo data and serve it")
+    demo = sub.add_parser("demo", help="load demo data, serve it and simulate POS traffic")
     demo.add_argument("--host", default=None)
     demo.add_argument("--port", type=int, default=None)
     demo.add_argument("--no-serve", action="store_true", help="load the data and exit")
+    demo.add_argument(
+        "--rate", type=float, default=30.0, help="simulated POS requests a second (0: none)"
+    )
+    demo.add_argument("--households", type=int, default=None, help="households to load")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -216,8 +220,10 @@ async def serve_until_stopped(
     port: int,
     reuse_port: bool = False,
     on_started: Callable[[], None] | None = None,
+    while_serving: Callable[[], Coroutine[Any, Any, Any]] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM: stop listening, finish in-flight requests, close the pool."""
+    """Serve until SIGINT or SIGTERM: stop listening, finish in-flight requests, close the pool.
+    while_serving runs beside the server once it listens, and is cancelled before it stops."""
     from aiohttp import web
 
     from coupon.app import create_app
@@ -234,9 +240,16 @@ async def serve_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    beside: asyncio.Task[Any] | None = None
+    if while_serving is not None:
+        beside = asyncio.create_task(while_serving())
     try:
         await stop.wait()
     finally:
+        if beside is not None:
+            beside.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beside
         await runner.cleanup()
 
 
@@ -279,23 +292,44 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> in
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from coupon import demo
+    from coupon import demo, simulator
 
     host = args.host or settings.host
     port = args.port or settings.port
+    rate = 0.0 if args.no_serve else max(args.rate, 0.0)
 
     async def run() -> None:
         async with db.database_url(settings) as dsn:
             conn = await _connect(dsn)
             try:
                 await db.apply_schema(conn, settings.counter_shards)
-                seeded = await demo.seed(conn, settings.data_dir)
+                seeded = await demo.seed(
+                    conn, settings.data_dir, args.households or demo.DEFAULT_HOUSEHOLDS
+                )
+                shoppers = [
+                    simulator.Shopper(r["national_id"], r["province"], r["entitled"])
+                    for r in await conn.fetch(db.q("demo_shoppers"), 100_000)
+                ]
             finally:
                 await conn.close()
             base = f"http://{host}:{port}"
-            demo.print_welcome(seeded, base)
-            if not args.no_serve:
-                await serve_until_stopped(settings, dsn, host, port)
+            demo.print_welcome(seeded, base, rate)
+            if args.no_serve:
+                return
+            # the server may listen on every address; the simulated stores call it locally
+            local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+            traffic = simulator.Traffic(
+                f"http://{local}:{port}",
+                [
+                    simulator.Pos(t["terminal_id"], t["secret"], t["province"])
+                    for t in seeded.terminals
+                ],
+                shoppers,
+                rate,
+            )
+            await serve_until_stopped(
+                settings, dsn, host, port, while_serving=traffic.run if rate else None
+            )
 
     asyncio.run(run())
     return 0

@@ -29,5 +29,9 @@ class Settings(BaseSettings):
     # seconds between sealing runs (SPEC: rows sealed within 2 s of commit)
     seal_interval: float = 1.0
     log_level: str = "info"
+    # live counters: how often the publisher looks for changes, and the least time between two
+    # announcements (under load, events come at most this often; a dashboard needs no more)
+    stats_poll_interval: float = 0.1
+    stats_min_interval: float = 0.25
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True

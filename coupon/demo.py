@@ -1,12 +1,16 @@
-"""Demo data: every province with households, stores and terminals, and an open tranche."""
+"""Demo data: households over the 31 provinces in proportion to their population (2016 census),
+stores and terminals in every province, and an open tranche with two decile bands."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import os
 import random
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,14 @@ from coupon import db, households, merchants, tokens, tranches
 from coupon.models import Band, MerchantCreate, TrancheCreate
 from coupon.provinces import iran_provinces
 
-HOUSEHOLDS_PER_PROVINCE = 120
-STORES_PER_PROVINCE = 2
+CENSUS_FILE = "census_2016_population.csv"
+DEFAULT_HOUSEHOLDS = 30_000
+STORES = 150
+MIN_HOUSEHOLDS = 25  # per province, so that the smallest still moves on the dashboard
+MIN_STORES = 2
 TERMINALS_FILE = "demo-terminals.json"
+# Iran's average household had 3.3 members at the 2016 census; this spread averages 3.4
+MEMBERS = (1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 6)
 
 
 @dataclass
@@ -28,38 +37,61 @@ class Seeded:
     tranche_id: int | None
 
 
-def demo_households(seed: int = 1404) -> list[tuple[str, str, int, int]]:
-    """Deterministic households: (national_id, province, members, decile)."""
+@cache
+def census_population() -> dict[str, int]:
+    """Province code -> population at the 2016 census (coupon/data/, with its source)."""
+    text = resources.files("coupon").joinpath("data", CENSUS_FILE).read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {row["code"]: int(row["population"]) for row in rows}
+
+
+def allocate(total: int, weights: dict[str, int], minimum: int = 0) -> dict[str, int]:
+    """Split total over the keys in proportion to weights (largest remainders), each at least
+    minimum."""
+    spare = total - minimum * len(weights)
+    if spare < 0:
+        raise ValueError(f"{total} is less than {minimum} for each of {len(weights)}")
+    whole = sum(weights.values())
+    exact = {k: spare * w / whole for k, w in weights.items()}
+    shares = {k: int(v) for k, v in exact.items()}
+    left = spare - sum(shares.values())
+    for k in sorted(exact, key=lambda k: exact[k] - shares[k], reverse=True)[:left]:
+        shares[k] += 1
+    return {k: minimum + v for k, v in shares.items()}
+
+
+def demo_households(
+    total: int = DEFAULT_HOUSEHOLDS, seed: int = 1404
+) -> list[tuple[str, str, int, int]]:
+    """Deterministic households, (national_id, province, members, decile), spread over the
+    provinces by population."""
     rng = random.Random(seed)
+    # a floor for the smallest provinces, kept small enough not to bend the proportions
+    per_province = allocate(total, census_population(), min(MIN_HOUSEHOLDS, total // 400))
+    seen: set[str] = set()
     rows = []
     for province in iran_provinces():
-        for _ in range(HOUSEHOLDS_PER_PROVINCE):
+        for _ in range(per_province[province.code]):
             national_id = ""
-            while not households.is_valid_national_id(national_id):
+            while not households.is_valid_national_id(national_id) or national_id in seen:
                 national_id = households.with_check_digit(f"{rng.randrange(10**9):09d}")
-            rows.append(
-                (
-                    national_id,
-                    province.code,
-                    rng.choice((1, 2, 3, 3, 4, 4, 5, 6)),
-                    rng.randint(1, 10),
-                )
-            )
+            seen.add(national_id)
+            rows.append((national_id, province.code, rng.choice(MEMBERS), rng.randint(1, 10)))
     return rows
 
 
-async def seed(conn: db.Connection, data_dir: Path) -> Seeded:
+async def seed(
+    conn: db.Connection, data_dir: Path, total_households: int = DEFAULT_HOUSEHOLDS
+) -> Seeded:
     """Load the demo data set (again safe: households upsert, stores and tranche once)."""
-    rows = demo_households()
-    csv = "national_id,province,members,decile\n" + "".join(
+    rows = demo_households(total_households)
+    csv_text = "national_id,province,members,decile\n" + "".join(
         f"{n},{p},{m},{d}\n" for n, p, m, d in rows
     )
-    await households.import_csv(conn, households.blocks_of(csv.encode()))
+    await households.import_csv(conn, households.blocks_of(csv_text.encode()))
     terminals = await _demo_terminals(conn, data_dir)
     now = dt.datetime.now(dt.UTC)
-    tranche_id = await conn.fetchval(
-        "SELECT id FROM tranches WHERE tstzrange(starts_at, ends_at) @> now()"
-    )
+    tranche_id = await conn.fetchval(db.q("current_tranche"))
     if tranche_id is None:
         created = await tranches.open_tranche(
             conn,
@@ -100,24 +132,28 @@ async def _demo_terminals(conn: db.Connection, data_dir: Path) -> list[dict[str,
     path = data_dir / TERMINALS_FILE
     if path.exists():
         saved: list[dict[str, Any]] = json.loads(path.read_text())
-        known = {r["id"] for r in await conn.fetch("SELECT id FROM terminals")}
-        if all(t["terminal_id"] in known for t in saved):
+        known = {r["id"] for r in await conn.fetch(db.q("terminal_ids"))}
+        if saved and all(t["terminal_id"] in known for t in saved):
             return saved
+    rng = random.Random(7)
+    stores = allocate(STORES, census_population(), MIN_STORES)
     terminals = []
     for province in iran_provinces():
-        for n in range(1, STORES_PER_PROVINCE + 1):
+        for n in range(1, stores[province.code] + 1):
             merchant_id = await merchants.create_merchant(
                 conn, MerchantCreate(name=f"{province.name_fa} فروشگاه {n}", province=province.code)
             )
-            created = await merchants.create_terminal(conn, merchant_id)
-            terminals.append(
-                {
-                    "terminal_id": created.terminal_id,
-                    "secret": created.secret,
-                    "merchant_id": merchant_id,
-                    "province": province.code,
-                }
-            )
+            # most stores have one POS, some two
+            for _ in range(rng.choice((1, 1, 1, 2))):
+                created = await merchants.create_terminal(conn, merchant_id)
+                terminals.append(
+                    {
+                        "terminal_id": created.terminal_id,
+                        "secret": created.secret,
+                        "merchant_id": merchant_id,
+                        "province": province.code,
+                    }
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -125,20 +161,27 @@ async def _demo_terminals(conn: db.Connection, data_dir: Path) -> list[dict[str,
     return terminals
 
 
-def print_welcome(seeded: Seeded, base: str) -> None:
+def print_welcome(seeded: Seeded, base: str, rate: float | None) -> None:
     first = seeded.terminals[0]
+    traffic = (
+        f"simulated POS traffic: ~{rate:g} requests/s through the signed API (--rate)"
+        if rate
+        else "no simulated traffic"
+    )
     print(
         f"""
 Coupon demo
+  dashboard    {base}/dashboard      (sign in with the operator token)
   API          {base}/v1/   (OpenAPI: {base}/openapi.json)
-  dashboard    {base}/dashboard
   health       {base}/healthz     metrics: {base}/metrics
   operator token   {seeded.operator_token}
   auditor token    {seeded.auditor_token}
   open tranche     {seeded.tranche_id}
+  {len(seeded.households)} households over 31 provinces by population (2016 census)
   {len(seeded.terminals)} terminals; e.g. terminal {first["terminal_id"]} secret {first["secret"]}
   all terminal secrets: {TERMINALS_FILE} in the data directory
   sample households: {", ".join(seeded.households[:3])}
+  {traffic}
 """,
         flush=True,
     )

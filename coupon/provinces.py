@@ -43,3 +43,16 @@ def iran_provinces() -> tuple[Province, ...]:
         name_fa = _persian_name(local[sub.code]["localOtherName"])
         provinces.append(Province(sub.code, _ascii_name(sub.name), name_fa))
     return tuple(sorted(provinces, key=lambda p: p.code))
+
+
+@cache
+def province_locations() -> dict[str, tuple[float, float]]:
+    """(latitude, longitude) of each province by code, from the iso3166-2 package."""
+    import iso3166_2
+
+    local: Any = iso3166_2.Subdivisions()["IR"]
+    locations = {}
+    for province in iran_provinces():
+        lat, lng = local[province.code]["latLng"]
+        locations[province.code] = (float(lat), float(lng))
+    return locations

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from coupon import db
+from coupon import db, live
 from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
@@ -17,6 +17,8 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", db.Pool)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
+# the live counters: stats publisher, listener and SSE fan-out of this process
+LIVE = web.AppKey("live", live.Hub)
 # counter shards per province, as the database was initialised
 SHARDS = web.AppKey("counter_shards", int)
 # per request: fields the handler adds to the request's log line

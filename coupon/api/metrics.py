@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -29,5 +29,15 @@ class Metrics:
             "coupon_terminal_outcomes",
             "Terminal request outcomes (approved, declined reason)",
             ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.stream_clients = Gauge(
+            "coupon_stats_stream_clients",
+            "Open /v1/stats/stream connections of this process",
+            registry=self.registry,
+        )
+        self.stats_snapshots = Counter(
+            "coupon_stats_snapshots",
+            "Stats snapshots computed for the stream (once per change and watched tranche)",
             registry=self.registry,
         )

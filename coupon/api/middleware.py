@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -82,6 +83,9 @@ async def access_log(request: web.Request, handler: keys.Handler) -> web.StreamR
         response = await handler(request)
         status = response.status
         return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away (or the server is stopping): nginx's code
+        raise
     finally:
         elapsed = time.perf_counter() - started
         info = request.match_info.route.resource

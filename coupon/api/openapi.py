@@ -66,6 +66,11 @@ def document() -> dict[str, Any]:
             for part in route.path.split("/")
             if part.startswith("{")
         ]
+        params += [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            | {"description": text}
+            for name, text in route.query
+        ]
         if params:
             op["parameters"] = params
         if route.auth in _SECURITY:
@@ -80,6 +85,10 @@ def document() -> dict[str, Any]:
         for status, model in route.responses.items():
             shown = model if model is not None or status < 400 else ErrorBody
             op["responses"][str(status)] = {"description": str(status), **_content(shown)}
+            if model is None and status < 400 and route.media != "application/json":
+                op["responses"][str(status)]["content"] = {
+                    route.media: {"schema": {"type": "string"}}
+                }
         for status in _ERRORS.get(route.auth, ()):
             op["responses"].setdefault(str(status), {"description": "error", **_content(ErrorBody)})
         if not op["responses"]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, audit, stats, system, terminal
+from coupon.api import admin, audit, dashboard, stats, system, terminal
 from coupon.api.keys import Handler
 from coupon.models import (
     Approved,
@@ -45,7 +45,11 @@ class Route:
     body: type[BaseModel] | str | None = None  # a model, or a media type for raw bodies
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     tag: str = "system"
+    media: str = "application/json"  # of the 2xx answer
+    query: tuple[tuple[str, str], ...] = ()  # optional query parameters: (name, description)
 
+
+_TRANCHE = ("tranche_id", "one tranche's counters; all tranches when absent")
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -118,8 +122,45 @@ ROUTES: tuple[Route, ...] = (
         stats.get_stats,
         "Live counters per province",
         "operator,auditor",
-        responses={200: Stats},
+        responses={200: Stats, 404: None},
+        query=(_TRANCHE,),
         tag="counters",
+    ),
+    Route(
+        "GET",
+        "/v1/stats/stream",
+        stats.stream_stats,
+        "Live counters as Server-Sent Events: `event: stats` with the /v1/stats JSON on "
+        "connect and within a second of every change; a heartbeat comment every 15 s. "
+        "Also accepts ?access_token= (EventSource cannot send headers)",
+        "operator,auditor",
+        responses={200: None, 404: None},
+        media="text/event-stream",
+        query=(
+            _TRANCHE,
+            ("access_token", "the bearer token, for clients that cannot send headers"),
+        ),
+        tag="counters",
+    ),
+    Route(
+        "GET",
+        "/dashboard",
+        dashboard.dashboard,
+        "The operators' live dashboard (Persian and English; asks for a token)",
+        "none",
+        responses={200: None},
+        media="text/html",
+        tag="dashboard",
+    ),
+    Route(
+        "GET",
+        "/dashboard/{name}",
+        dashboard.dashboard_asset,
+        "The dashboard's script, style sheet and province map positions",
+        "none",
+        responses={200: None, 404: None},
+        media="application/octet-stream",
+        tag="dashboard",
     ),
     Route(
         "GET",

@@ -420,3 +420,48 @@ SELECT count(*) FROM ledger;
 -- name: block_with_hash
 -- Whether the chain still holds a block an auditor recorded.
 SELECT block_no, last_seq FROM ledger_blocks WHERE hash = $1;
+
+-- name: ledger_head
+-- The highest ledger seq (0 when the ledger is empty).
+SELECT coalesce(max(seq), 0)::bigint FROM ledger;
+
+-- name: ledger_changes
+-- The live counters' change detector, one cheap round trip without locks: ledger seqs committed
+-- above $1 (at most $3 of them), which of the awaited seqs $2 (drawn by transactions that had
+-- not committed at the last look) are visible now, and how many tranches exist (opening one
+-- changes the eligible counts).
+SELECT array(SELECT seq FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $3) AS new_seqs,
+       array(SELECT seq FROM ledger WHERE seq = ANY ($2::bigint[])) AS committed,
+       (SELECT count(*) FROM tranches) AS tranches;
+
+-- name: try_stats_publisher_lock
+-- Become this database's stats publisher: a session lock, gone when its connection ends.
+SELECT pg_try_advisory_lock(7365626, 4);
+
+-- name: publish_stats_version
+-- Announce a change of the counters to every listening process, under a new stream version.
+WITH v AS (SELECT nextval('stats_version_seq') AS version)
+SELECT version, pg_notify($1, version::text) FROM v;
+
+-- name: stats_version
+-- The last stream version announced (0 before the first).
+SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM stats_version_seq;
+
+-- name: current_tranche
+-- The tranche whose redemption window contains now, if any.
+SELECT id FROM tranches WHERE tstzrange(starts_at, ends_at) @> now();
+
+-- name: terminal_ids
+-- Every terminal's id.
+SELECT id FROM terminals;
+
+-- name: demo_shoppers
+-- Households for the demo's simulated traffic (at most $1): province, and whether the current
+-- tranche credits them.
+SELECT h.national_id, h.province, e.national_id IS NOT NULL AS entitled
+FROM households h
+LEFT JOIN entitlements e
+    ON e.national_id = h.national_id
+   AND e.tranche_id = (SELECT id FROM tranches WHERE tstzrange(starts_at, ends_at) @> now())
+WHERE h.status = 'active'
+LIMIT $1;

@@ -1,0 +1,87 @@
+"""`coupon demo`: the data set it loads, and the POS traffic it drives through the signed API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from coupon import db, demo, simulator
+from tests.integration.terminal import Client, invariants
+
+
+async def test_the_demo_data_set(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    seeded = await demo.seed(conn, tmp_path, total_households=3_000)
+    per_province = dict(
+        await conn.fetch("SELECT province, count(*) FROM households GROUP BY province")
+    )
+    assert len(per_province) == 31 and sum(per_province.values()) == 3_000
+    assert 0.15 < per_province["IR-23"] / 3_000 < 0.17  # Tehran's share of the 2016 census
+    stores = dict(await conn.fetch("SELECT province, count(*) FROM merchants GROUP BY province"))
+    assert len(stores) == 31 and min(stores.values()) >= demo.MIN_STORES
+    assert {t["province"] for t in seeded.terminals} == set(per_province)
+    bands = await conn.fetch(
+        "SELECT up_to_decile FROM tranche_bands WHERE tranche_id = $1 ORDER BY 1",
+        seeded.tranche_id,
+    )
+    assert [b["up_to_decile"] for b in bands] == [3, 7]
+    assert await conn.fetchval(db.q("current_tranche")) == seeded.tranche_id
+    # loading it again adds nothing and reuses the terminals (their secrets are on disk)
+    again = await demo.seed(conn, tmp_path, total_households=3_000)
+    assert again.terminals == seeded.terminals and again.tranche_id == seeded.tranche_id
+    assert await conn.fetchval("SELECT count(*) FROM households") == 3_000
+
+
+async def test_the_simulated_traffic_uses_the_real_api(
+    client: Client, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    seeded = await demo.seed(conn, tmp_path, total_households=1_000)
+    shoppers = [
+        simulator.Shopper(r["national_id"], r["province"], r["entitled"])
+        for r in await conn.fetch(db.q("demo_shoppers"), 10_000)
+    ]
+    assert any(not s.entitled for s in shoppers)
+    traffic = simulator.Traffic(
+        str(client.make_url("")).rstrip("/"),
+        [simulator.Pos(t["terminal_id"], t["secret"], t["province"]) for t in seeded.terminals],
+        shoppers,
+        rate=200,
+        seed=3,
+    )
+    counts = await traffic.run(requests=400)
+    assert sum(counts.values()) == 400
+    assert counts["error"] == 0, counts
+    assert counts["redemption_201"] > 250
+    assert counts["balance"] > 0 and counts["reversal_201"] > 0 and counts["replayed"] > 0
+    assert sum(n for k, n in counts.items() if k.startswith("declined_")) > 0
+    await invariants(conn)
+    ledger = await conn.fetchval("SELECT count(*) FROM ledger")
+    assert ledger == counts["redemption_201"] + counts["reversal_201"]
+
+
+async def test_demo_no_serve_loads_and_prints_the_way_in(dsn: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "COUPON_DATA_DIR": str(tmp_path),
+        "COUPON_LOG_LEVEL": "warning",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "coupon",
+        "demo",
+        "--no-serve",
+        "--households",
+        "500",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    text = out.decode()
+    assert "/dashboard" in text and "operator token   cpn_" in text
+    assert "500 households over 31 provinces" in text
