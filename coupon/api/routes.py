@@ -15,7 +15,9 @@ from coupon.models import (
     Health,
     Household,
     ImportResponse,
+    LedgerFilters,
     LedgerPage,
+    LedgerQuery,
     Merchant,
     MerchantCreate,
     MerchantCreated,
@@ -24,7 +26,9 @@ from coupon.models import (
     ReversalRequest,
     Reversed,
     Settlement,
+    SettlementQuery,
     Stats,
+    StatsQuery,
     StatusChange,
     Terminal,
     TerminalCreated,
@@ -32,6 +36,7 @@ from coupon.models import (
     TrancheCreated,
     TrancheList,
     Verification,
+    VerifyQuery,
 )
 
 
@@ -43,8 +48,12 @@ class Route:
     summary: str
     auth: str  # "none" | "terminal" | "operator" | "auditor" | "operator,auditor"
     body: type[BaseModel] | str | None = None  # a model, or a media type for raw bodies
+    # status -> body model; None is the error body for >= 400, or a non-JSON body (`media`)
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     tag: str = "system"
+    query: type[BaseModel] | None = None  # the query parameters, as a model
+    media: str | None = None  # the 200 answer's media type when it is not JSON
+    database: bool = True  # needs the database (so it may answer 503)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -64,7 +73,7 @@ ROUTES: tuple[Route, ...] = (
         "Spend a household's credit (idempotent per terminal and request_id)",
         "terminal",
         body=RedemptionRequest,
-        responses={201: Approved, 402: Declined, 409: None},
+        responses={201: Approved, 402: Declined, 409: None, 413: None, 415: None},
         tag="terminal",
     ),
     Route(
@@ -74,7 +83,14 @@ ROUTES: tuple[Route, ...] = (
         "Void this terminal's earlier redemption",
         "terminal",
         body=ReversalRequest,
-        responses={201: Reversed, 202: PendingOriginal, 403: None, 409: None},
+        responses={
+            201: Reversed,
+            202: PendingOriginal,
+            403: None,
+            409: None,
+            413: None,
+            415: None,
+        },
         tag="terminal",
     ),
     Route(
@@ -85,6 +101,7 @@ ROUTES: tuple[Route, ...] = (
         "auditor",
         responses={200: LedgerPage},
         tag="audit",
+        query=LedgerQuery,
     ),
     Route(
         "GET",
@@ -92,7 +109,10 @@ ROUTES: tuple[Route, ...] = (
         audit.get_ledger_csv,
         "The same entries as CSV, streamed",
         "auditor",
+        responses={200: None},
         tag="audit",
+        query=LedgerFilters,
+        media="text/csv",
     ),
     Route(
         "GET",
@@ -102,6 +122,7 @@ ROUTES: tuple[Route, ...] = (
         "auditor",
         responses={200: Verification},
         tag="audit",
+        query=VerifyQuery,
     ),
     Route(
         "GET",
@@ -111,6 +132,7 @@ ROUTES: tuple[Route, ...] = (
         "operator,auditor",
         responses={200: Settlement},
         tag="audit",
+        query=SettlementQuery,
     ),
     Route(
         "GET",
@@ -118,8 +140,9 @@ ROUTES: tuple[Route, ...] = (
         stats.get_stats,
         "Live counters per province",
         "operator,auditor",
-        responses={200: Stats},
+        responses={200: Stats, 404: None},
         tag="counters",
+        query=StatsQuery,
     ),
     Route(
         "GET",
@@ -129,8 +152,26 @@ ROUTES: tuple[Route, ...] = (
         "none",
         responses={200: Health, 503: Health},
     ),
-    Route("GET", "/metrics", system.metrics, "Prometheus metrics", "none"),
-    Route("GET", "/openapi.json", system.openapi, "This document", "none"),
+    Route(
+        "GET",
+        "/metrics",
+        system.metrics,
+        "Prometheus metrics",
+        "none",
+        responses={200: None},
+        media="text/plain",
+        database=False,
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        system.openapi,
+        "This document",
+        "none",
+        responses={200: None},
+        media="application/json",
+        database=False,
+    ),
     Route(
         "POST",
         "/v1/admin/households/import",
@@ -138,7 +179,7 @@ ROUTES: tuple[Route, ...] = (
         "Upsert households from CSV (national_id,province,members,decile[,status])",
         "operator",
         body="text/csv",
-        responses={200: ImportResponse},
+        responses={200: ImportResponse, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -148,7 +189,7 @@ ROUTES: tuple[Route, ...] = (
         "Suspend or reactivate a household",
         "operator",
         body=StatusChange,
-        responses={200: Household},
+        responses={200: Household, 404: None, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -158,7 +199,7 @@ ROUTES: tuple[Route, ...] = (
         "Open a tranche and credit every eligible household",
         "operator",
         body=TrancheCreate,
-        responses={201: TrancheCreated},
+        responses={201: TrancheCreated, 409: None, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -177,7 +218,7 @@ ROUTES: tuple[Route, ...] = (
         "Register a store",
         "operator",
         body=MerchantCreate,
-        responses={201: MerchantCreated},
+        responses={201: MerchantCreated, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -187,7 +228,7 @@ ROUTES: tuple[Route, ...] = (
         "Suspend or reactivate a store",
         "operator",
         body=StatusChange,
-        responses={200: Merchant},
+        responses={200: Merchant, 404: None, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -196,7 +237,7 @@ ROUTES: tuple[Route, ...] = (
         admin.create_terminal,
         "Register a POS terminal; its secret is shown only in this response",
         "operator",
-        responses={201: TerminalCreated},
+        responses={201: TerminalCreated, 404: None},
         tag="operator",
     ),
     Route(
@@ -206,7 +247,7 @@ ROUTES: tuple[Route, ...] = (
         "Suspend or reactivate a POS terminal",
         "operator",
         body=StatusChange,
-        responses={200: Terminal},
+        responses={200: Terminal, 404: None, 413: None, 415: None},
         tag="operator",
     ),
 )
