@@ -41,6 +41,23 @@ else:
     _AcquireContext = asyncpg.pool.PoolAcquireContext
 
 
+class _Acquire(_AcquireContext):
+    """asyncpg's `async with pool.acquire()`, except that once the work inside has succeeded,
+    a failure to reset the connection on release does not turn that outcome into an error:
+    the answer is committed and known, and asyncpg has already thrown the connection away
+    (seen when a backend is killed right after answering)."""
+
+    __slots__ = ()
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await super().__aexit__(*exc)
+        except Exception as failure:
+            if exc and exc[0] is not None:
+                raise
+            log.warning("connection_release_failed", error=type(failure).__name__)
+
+
 class Pool(_AsyncpgPool):
     """asyncpg's pool, except that acquiring a connection gives up after `acquire_timeout`
     (asyncpg waits forever by default). The same budget bounds the connection's reset on
@@ -49,7 +66,7 @@ class Pool(_AsyncpgPool):
     acquire_timeout: float = 10.0
 
     def acquire(self, *, timeout: float | None = None) -> _AcquireContext:
-        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+        return _Acquire(self, self.acquire_timeout if timeout is None else timeout)
 
 
 @cache
@@ -233,6 +250,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresSystemError,  # class 58: I/O error on the server
     asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby answered (failover)
     asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    # the driver's protocol state broke under it (a backend killed between two messages);
+    # asyncpg discards the connection, and the request is safe to send again
+    asyncpg.exceptions._base.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
