@@ -84,5 +84,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     app.cleanup_ctx.extend([pool, nonce_pruner, sealer])
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
+        app.router.add_route(
+            route.method, route.match or route.path, route.handler, name=route.handler.__name__
+        )
     return app

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -38,7 +40,21 @@ Id = Annotated[int, Field(gt=0, le=MAX_ID)]
 Rials = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True)]
 ProvinceCode = Annotated[str, StringConstraints(pattern=r"^IR-[0-9]{2}$")]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-AwareDatetime = Annotated[dt.datetime, AfterValidator(lambda v: _require_tz(v))]
+
+
+def _iso_text(value: object) -> object:
+    # pydantic would also read 1700000000 or "0.5" as seconds since the epoch
+    if not isinstance(value, str | dt.datetime) or (
+        isinstance(value, str) and not ISO_DATETIME.match(value)
+    ):
+        raise ValueError("expected an ISO 8601 timestamp, e.g. 2026-03-21T00:00:00+03:30")
+    return value
+
+
+ISO_DATETIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]")
+AwareDatetime = Annotated[
+    dt.datetime, BeforeValidator(_iso_text), AfterValidator(lambda v: _require_tz(v))
+]
 
 
 def _require_tz(value: dt.datetime) -> dt.datetime:

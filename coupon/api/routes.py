@@ -54,6 +54,7 @@ class Route:
     query: type[BaseModel] | None = None  # the query parameters, as a model
     media: str | None = None  # the 200 answer's media type when it is not JSON
     database: bool = True  # needs the database (so it may answer 503)
+    match: str | None = None  # the router's pattern, when it must be stricter than `path`
 
 
 ROUTES: tuple[Route, ...] = (
@@ -191,6 +192,8 @@ ROUTES: tuple[Route, ...] = (
         body=StatusChange,
         responses={200: Household, 404: None, 413: None, 415: None},
         tag="operator",
+        # so that PATCH .../households/import is 405, not a national id "import"
+        match="/v1/admin/households/{national_id:[0-9]{10}}",
     ),
     Route(
         "POST",

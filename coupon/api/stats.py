@@ -11,7 +11,7 @@ from coupon.api.common import json_response, require_role
 
 def tranche_param(request: web.Request) -> int | None:
     raw = request.query.get("tranche_id")
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise errors.InvalidRequest(
