@@ -18,7 +18,6 @@ exactly the ambiguity the idempotency record exists for).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 
@@ -71,11 +70,10 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         self.drop_all()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=5)
+            for task in late:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -109,6 +107,8 @@ class FaultProxy:
         self._tasks.add(task)  # type: ignore[arg-type]
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()  # stop() gave up waiting for this one
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
 
