@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint fmt bench bench-bulk clean
+.PHONY: install run test soak lint fmt bench bench-bulk clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ run: install          ## the service with demo data on the embedded PostgreSQL
 test: install         ## the whole suite against a real PostgreSQL
 	$(BIN)/python -m pytest
 
+soak: install         ## the long reliability runs; figures in test-artifacts/reliability.jsonl
+	rm -f test-artifacts/reliability.jsonl
+	COUPON_SOAK=1 $(BIN)/python -m pytest --timeout=1800 tests/reliability
+	cat test-artifacts/reliability.jsonl
+
 lint: install
 	$(BIN)/ruff check coupon tests loadtest
 	$(BIN)/ruff format --check coupon tests loadtest
@@ -36,4 +41,4 @@ bench-bulk: install   ## 1,000,000 households: import and tranche opening
 	$(BIN)/python -m loadtest.bulk --households 1000000
 
 clean:
-	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out
+	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out test-artifacts .hypothesis

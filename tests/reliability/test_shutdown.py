@@ -4,8 +4,12 @@ its pool and exits 0; nothing is half-written and nothing is answered 5xx becaus
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from pathlib import Path
 
+import aiohttp
 import asyncpg
 
 from tests.faultproxy import FaultProxy
@@ -79,3 +83,51 @@ async def test_sigterm_under_load_finishes_what_is_in_flight(
             **figures,
         },
     )
+
+
+def running(pid: int) -> bool:
+    """Alive, and not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
+
+
+def children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+async def test_a_dead_worker_is_replaced_and_orphans_stop(dsn: str) -> None:
+    """kill -9 of one worker: the supervisor starts another. kill -9 of the supervisor alone:
+    its workers notice and stop, rather than serve on with nobody to stop them."""
+    server = Server(dsn, workers=2)
+    try:
+        await server.start()
+        assert server.proc is not None
+        parent = server.proc.pid
+        workers = children(parent)
+        assert len(workers) == 2
+        os.kill(next(iter(workers)), signal.SIGKILL)
+        for _ in range(200):
+            now = children(parent)
+            if len(now) == 2 and now != workers:
+                break
+            await asyncio.sleep(0.05)
+        assert len(now) == 2 and now != workers
+        async with aiohttp.ClientSession() as session, session.get(server.base + "/healthz") as r:
+            assert r.status == 200
+        os.kill(parent, signal.SIGKILL)
+        await asyncio.to_thread(server.proc.wait, 30)
+        for _ in range(300):  # they check on their parent every second
+            alive = [p for p in now if running(p)]
+            if not alive:
+                break
+            await asyncio.sleep(0.05)
+        assert not alive
+    finally:
+        await server.stop()
