@@ -317,6 +317,7 @@ def _supervise(settings: Settings, dsn: str, host: str, port: int, workers: int)
                     os.kill(p.pid, signal.SIGTERM)
 
     procs = [start() for _ in range(workers)]
+    started = [time.monotonic()] * workers
     signal.signal(signal.SIGINT, ask_stop)
     signal.signal(signal.SIGTERM, ask_stop)
     while any(p.exitcode is None for p in procs) or not stop_asked:
@@ -330,9 +331,12 @@ def _supervise(settings: Settings, dsn: str, host: str, port: int, workers: int)
                         p.kill()
             continue
         for i, p in enumerate(procs):
-            if p.exitcode is not None:
+            # a worker that cannot start (the database is down) is retried once a second,
+            # not in a tight loop
+            if p.exitcode is not None and time.monotonic() - started[i] >= 1.0:
                 log.error("worker_died", pid=p.pid, exitcode=p.exitcode)
                 procs[i] = start()
+                started[i] = time.monotonic()
     for p in procs:
         p.join()
     return 0 if all(p.exitcode == 0 for p in procs) else 1
