@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint fmt bench bench-bulk bench-stream clean
+.PHONY: install run test soak lint fmt bench bench-bulk bench-stream clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ run: install          ## the service with demo data on the embedded PostgreSQL
 
 test: install         ## the whole suite against a real PostgreSQL
 	$(BIN)/python -m pytest
+
+soak: install         ## the long reliability runs; figures in test-artifacts/reliability.jsonl
+	rm -f test-artifacts/reliability.jsonl
+	COUPON_SOAK=1 $(BIN)/python -m pytest --timeout=1800 tests/reliability
+	cat test-artifacts/reliability.jsonl
 
 lint: install
 	$(BIN)/ruff check coupon tests loadtest
@@ -39,4 +44,4 @@ bench-stream: install ## live counters: stream lag, and what 500 SSE clients cos
 	$(BIN)/python -m loadtest.stream
 
 clean:
-	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out
+	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out test-artifacts .hypothesis

@@ -32,6 +32,9 @@ async def prune_nonces(pool: db.Pool, clock_skew: int, every: float = 60.0) -> N
                 await conn.execute(db.q("prune_nonces"), 2 * clock_skew)
         except db.UNAVAILABLE as exc:
             log.warning("nonce_prune_failed", error=type(exc).__name__)
+        except Exception:
+            # a background task that dies stays dead: log the bug, try again next round
+            log.exception("nonce_prune_crashed")
 
 
 async def seal_ledger(pool: db.Pool, every: float) -> None:
@@ -45,6 +48,8 @@ async def seal_ledger(pool: db.Pool, every: float) -> None:
                 log.debug("ledger_sealed", rows=sealed)
         except db.UNAVAILABLE as exc:
             log.warning("ledger_seal_failed", error=type(exc).__name__)
+        except Exception:
+            log.exception("ledger_seal_crashed")
 
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
@@ -60,7 +65,8 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         async with app[keys.POOL].acquire() as conn:
             app[keys.SHARDS] = await db.counter_shards(conn)
         yield
-        await app[keys.POOL].close()
+        # runs after in-flight requests have finished (aiohttp's shutdown order)
+        await db.close_pool(app[keys.POOL], settings.db_timeout)
 
     async def nonce_pruner(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(prune_nonces(app[keys.POOL], settings.clock_skew))
@@ -98,5 +104,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app.cleanup_ctx.extend([pool, nonce_pruner, sealer, live_counters])
     app.on_shutdown.append(close_streams)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
+        app.router.add_route(
+            route.method, route.match or route.path, route.handler, name=route.handler.__name__
+        )
     return app

@@ -85,7 +85,14 @@ async def export_csv(
     async with conn.transaction(readonly=True):
         await read_only(conn)
         await conn.copy_from_query(
-            query, *where.args(), 0, None, output=write, format="csv", header=True
+            query,
+            *where.args(),
+            0,
+            None,
+            output=write,
+            format="csv",
+            header=True,
+            timeout=db.BULK_TIMEOUT,
         )
 
 
@@ -93,7 +100,7 @@ async def settlement(conn: db.Connection, day: dt.date) -> list[dict[str, Any]]:
     """What each store redeemed, had reversed and is owed for one Asia/Tehran day."""
     async with conn.transaction(readonly=True):
         await read_only(conn)
-        return [dict(r) for r in await conn.fetch(db.q("settlement"), day)]
+        return [dict(r) for r in await conn.fetch(db.q("settlement"), day, timeout=db.BULK_TIMEOUT)]
 
 
 async def seal(conn: db.Connection, max_rows: int = MAX_BLOCK_ROWS) -> int:
@@ -114,12 +121,17 @@ async def seal(conn: db.Connection, max_rows: int = MAX_BLOCK_ROWS) -> int:
             if last_seq >= horizon:
                 return sealed
             status = await conn.execute(
-                db.q("seal_rows"), last_seq, horizon, block_no + 1, max_rows
+                db.q("seal_rows"),
+                last_seq,
+                horizon,
+                block_no + 1,
+                max_rows,
+                timeout=db.BULK_TIMEOUT,
             )
             rows = int(status.split()[-1])
             if rows == 0:  # only gaps left (aborted writers): nothing to seal up to the horizon
                 return sealed
-            await conn.fetchrow(db.q("close_block"), block_no + 1, prev)
+            await conn.fetchrow(db.q("close_block"), block_no + 1, prev, timeout=db.BULK_TIMEOUT)
             sealed += rows
 
 
@@ -127,7 +139,7 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
     """Recompute the chain from the ledger rows; name the first seq that does not hold."""
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         await read_only(conn)
-        bad_block = await conn.fetchrow(db.q("verify_chain"))
+        bad_block = await conn.fetchrow(db.q("verify_chain"), timeout=db.BULK_TIMEOUT)
         first_bad = None
         if bad_block is not None:
             # the seals pinpoint the row; if they were forged along with it, name the block
@@ -137,7 +149,7 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
                 )
                 or bad_block["first_seq"]
             )
-        entries = await conn.fetchval(db.q("count_ledger"))
+        entries = await conn.fetchval(db.q("count_ledger"), timeout=db.BULK_TIMEOUT)
         last = await conn.fetchrow(db.q("last_block"))
         known = (
             await conn.fetchrow(db.q("block_with_hash"), expected_head)

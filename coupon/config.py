@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     port: int = 8080
     pool_min_size: int = 2
     pool_max_size: int = 16
-    # seconds a request waits for a database connection or statement before answering 503
-    db_timeout: float = 10.0
+    # seconds a request waits for a pool connection, a new connection, or one statement before
+    # it answers 503 (a POS retries the same request; replays are idempotent)
+    db_timeout: float = 5.0
     # seconds a terminal's clock may be off (SPEC: 300)
     clock_skew: int = 300
     # counter shards per province; more shards, less lock contention between writers

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -33,10 +33,40 @@ if TYPE_CHECKING:
     Connection: TypeAlias = (
         asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
     )
-    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    _AsyncpgPool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    _AcquireContext: TypeAlias = asyncpg.pool.PoolAcquireContext[asyncpg.Record]
 else:
     Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-    Pool = asyncpg.Pool
+    _AsyncpgPool = asyncpg.Pool
+    _AcquireContext = asyncpg.pool.PoolAcquireContext
+
+
+class _Acquire(_AcquireContext):
+    """asyncpg's `async with pool.acquire()`, except that once the work inside has succeeded,
+    a failure to reset the connection on release does not turn that outcome into an error:
+    the answer is committed and known, and asyncpg has already thrown the connection away
+    (seen when a backend is killed right after answering)."""
+
+    __slots__ = ()
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await super().__aexit__(*exc)
+        except Exception as failure:
+            if exc and exc[0] is not None:
+                raise
+            log.warning("connection_release_failed", error=type(failure).__name__)
+
+
+class Pool(_AsyncpgPool):
+    """asyncpg's pool, except that acquiring a connection gives up after `acquire_timeout`
+    (asyncpg waits forever by default). The same budget bounds the connection's reset on
+    release, so a database that stops answering costs a request a bounded wait, then a 503."""
+
+    acquire_timeout: float = 10.0
+
+    def acquire(self, *, timeout: float | None = None) -> _AcquireContext:
+        return _Acquire(self, self.acquire_timeout if timeout is None else timeout)
 
 
 @cache
@@ -75,6 +105,9 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 
 
 WRITER_ROLE = "coupon_writer"
+# seconds a bulk statement may run (import, tranche opening, export, verification, sealing):
+# the pool's db_timeout is for requests, and would cut these off half-way
+BULK_TIMEOUT = 3600.0
 
 
 async def _writer_role(dsn: str) -> str | None:
@@ -111,9 +144,28 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
         "max_inactive_connection_lifetime": 300.0,
     }
     options.update(overrides)
-    pool = await asyncpg.create_pool(dsn, **options)
-    assert pool is not None
+    # what asyncpg.create_pool does, with our Pool class
+    pool = Pool(
+        dsn,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        loop=None,
+        max_queries=50_000,
+        **options,
+    )
+    pool.acquire_timeout = settings.db_timeout
+    await pool
     return pool
+
+
+async def close_pool(pool: Pool, grace: float) -> None:
+    """Close gracefully (connections in use are waited for), or abort after grace seconds: a
+    database that does not answer must not keep a stopping process alive."""
+    try:
+        await asyncio.wait_for(pool.close(), grace)
+    except UNAVAILABLE:  # TimeoutError among them
+        log.warning("pool_close_aborted")
+        pool.terminate()
 
 
 async def apply_schema(conn: Connection, counter_shards: int) -> None:
@@ -152,6 +204,20 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(server.stop)
 
 
+@contextlib.contextmanager
+def database_url_blocking(settings: Settings) -> Iterator[str]:
+    """database_url for a caller with no event loop running (a parent that forks workers)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.data_dir, durable=settings.embedded_durable)
+    admin_dsn = server.start()
+    try:
+        yield asyncio.run(_ensure_database(admin_dsn, _EMBEDDED_DATABASE))
+    finally:
+        server.stop()
+
+
 async def _ensure_database(admin_dsn: str, name: str) -> str:
     conn = await asyncpg.connect(admin_dsn)
     try:
@@ -173,13 +239,23 @@ _CONSTRAINT_ERRORS: dict[str, tuple[type[errors.CouponError], str]] = {
     "merchants_province_fkey": (errors.InvalidRequest, "unknown province"),
 }
 
-UNAVAILABLE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
+# asyncpg's client-side "cannot encode this argument" error, an InterfaceError subclass that
+# asyncpg.DataError (SQLSTATE class 22) shadows at the package level
+_ARGUMENT_ERROR = asyncpg.exceptions._base.DataError
+
+# Infrastructure failures: the request may be retried as it is (terminal requests are
+# idempotent by request_id), so they become 503 service_unavailable, never 500.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was refused
+    asyncpg.InterfaceError,  # the connection is closed (also: the pool is closing)
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, crash, recovery, cancel
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.PostgresSystemError,  # class 58: I/O error on the server
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby answered (failover)
+    asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    # the driver's protocol state broke under it (a backend killed between two messages);
+    # asyncpg discards the connection, and the request is safe to send again
+    asyncpg.exceptions._base.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -195,8 +271,14 @@ def translate(exc: BaseException) -> errors.CouponError | None:
             return cls(message or None, {"constraint": constraint})
         if isinstance(exc, asyncpg.CheckViolationError | asyncpg.NotNullViolationError):
             return errors.InvalidRequest("a value is out of range", {"constraint": constraint})
+        if isinstance(exc, asyncpg.DataError):  # class 22: out of range, bad datetime...
+            return errors.InvalidRequest("a value is out of range", {"sqlstate": exc.sqlstate})
         if isinstance(exc, asyncpg.QueryCanceledError):
             return errors.ServiceUnavailable("the database did not answer in time")
+    if isinstance(exc, _ARGUMENT_ERROR):
+        # a value the parameter's type cannot hold (the driver refused to send it): the
+        # client's input, not the database's health -- checked before InterfaceError below
+        return errors.InvalidRequest("a value is out of range")
     if isinstance(exc, UNAVAILABLE):
         return errors.ServiceUnavailable()
     return None

@@ -367,8 +367,12 @@ class EmbeddedPostgres:
                 self._launch(user)
         return self.dsn
 
-    def stop(self) -> None:
-        """Stop the cluster if, and only if, this object started it (fast shutdown)."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster if, and only if, this object started it: `fast` (roll back open
+        transactions, checkpoint) or `immediate` (no checkpoint: the next start recovers from
+        the WAL, as after a crash)."""
+        if mode not in ("smart", "fast", "immediate"):
+            raise EmbeddedPostgresError(f"unknown shutdown mode {mode!r}")
         if self._owned_pid is None:
             return
         with self._locked():
@@ -377,7 +381,7 @@ class EmbeddedPostgres:
             if current is not None and current.pid == pid and _pid_alive(pid):
                 user = _server_user(self.pgdata)
                 res = self._run(
-                    user, "pg_ctl", "stop", "-m", "fast", "-w", "-t", "60", "-D", str(self.pgdata)
+                    user, "pg_ctl", "stop", "-m", mode, "-w", "-t", "60", "-D", str(self.pgdata)
                 )
                 if res.returncode != 0 and _pid_alive(pid):
                     # Keep ownership so that stop() can be retried.

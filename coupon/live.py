@@ -44,7 +44,7 @@ LOOKBACK = 10_000
 BATCH = 10_000
 
 # Each stream/listener error is worth a log line, never a crash of the loop.
-_RETRYABLE = (*db.UNAVAILABLE, asyncpg.PostgresError)
+_RETRYABLE: tuple[type[BaseException], ...] = (*db.UNAVAILABLE, asyncpg.PostgresError)
 
 
 class LedgerWatch:

@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import BinaryIO
+from collections.abc import MutableMapping
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
+
+from coupon.households import is_valid_national_id, mask_national_id
+
+# the last line of defence, for text nobody chose to log (an exception's message, a traceback):
+# national ids, bearer tokens, 64-hex-digit strings (terminal secrets, signatures), and the
+# password of a database URL
+_NATIONAL_ID = re.compile(r"(?<![0-9])[0-9]{10}(?![0-9])")
+_TOKEN = re.compile(r"cpn_[A-Za-z0-9_-]+")
+_HEX_SECRET = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64,}(?![0-9A-Fa-f])")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def _scrub(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1[redacted]@", text)
+    text = _TOKEN.sub("cpn_[redacted]", text)
+    text = _HEX_SECRET.sub("[redacted]", text)
+    return _NATIONAL_ID.sub(
+        lambda m: mask_national_id(m[0]) if is_valid_national_id(m[0]) else m[0], text
+    )
+
+
+def redact(
+    logger: object, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Mask secrets and full national ids in every string of the event."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = _scrub(value)
+    return event
 
 
 def configure(level: str = "info", stream: BinaryIO | None = None, cache: bool = True) -> None:
@@ -19,6 +50,7 @@ def configure(level: str = "info", stream: BinaryIO | None = None, cache: bool =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -32,10 +34,27 @@ CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
 Status = Literal["active", "suspended"]
 Role = Literal["operator", "auditor"]
 MAX_AMOUNT = 10**12
+# ids are bigint; anything larger cannot name a row (and must not reach the driver)
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(gt=0, le=MAX_ID)]
 Rials = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True)]
 ProvinceCode = Annotated[str, StringConstraints(pattern=r"^IR-[0-9]{2}$")]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-AwareDatetime = Annotated[dt.datetime, AfterValidator(lambda v: _require_tz(v))]
+
+
+def _iso_text(value: object) -> object:
+    # pydantic would also read 1700000000 or "0.5" as seconds since the epoch
+    if not isinstance(value, str | dt.datetime) or (
+        isinstance(value, str) and not ISO_DATETIME.match(value)
+    ):
+        raise ValueError("expected an ISO 8601 timestamp, e.g. 2026-03-21T00:00:00+03:30")
+    return value
+
+
+ISO_DATETIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]")
+AwareDatetime = Annotated[
+    dt.datetime, BeforeValidator(_iso_text), AfterValidator(lambda v: _require_tz(v))
+]
 
 
 def _require_tz(value: dt.datetime) -> dt.datetime:
@@ -50,7 +69,10 @@ def _national_id(value: str) -> str:
     return value
 
 
-NationalId = Annotated[str, AfterValidator(_national_id)]
+NATIONAL_ID_PATTERN = r"^[0-9]{10}$"
+NationalId = Annotated[
+    str, StringConstraints(pattern=NATIONAL_ID_PATTERN), AfterValidator(_national_id)
+]
 
 
 class Model(BaseModel):
@@ -303,17 +325,50 @@ class Stats(BaseModel):
 # -- audit -------------------------------------------------------------------------------------
 
 
-class LedgerQuery(Model):
+class LedgerFilters(Model):
+    """The filters of GET /v1/ledger.csv (query parameters)."""
+
     national_id: NationalId | None = None
-    merchant_id: Annotated[int, Field(gt=0)] | None = None
-    terminal_id: Annotated[int, Field(gt=0)] | None = None
+    merchant_id: Id | None = None
+    terminal_id: Id | None = None
     province: ProvinceCode | None = None
-    tranche_id: Annotated[int, Field(gt=0)] | None = None
+    tranche_id: Id | None = None
     kind: Literal["redemption", "reversal"] | None = None
     from_: AwareDatetime | None = Field(default=None, alias="from")
     to: AwareDatetime | None = None
+
+
+class LedgerQuery(LedgerFilters):
+    """The query parameters of GET /v1/ledger: the filters, and a page."""
+
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    after: Annotated[int, Field(ge=0)] = 0
+    after: Annotated[int, Field(ge=0, le=MAX_ID)] = 0
+
+
+class VerifyQuery(Model):
+    """GET /v1/ledger/verify: optionally, a head hash published earlier (sha256, hex)."""
+
+    head: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+
+
+class SettlementQuery(Model):
+    """GET /v1/reports/settlement: one Asia/Tehran calendar day."""
+
+    date: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")] = Field(
+        json_schema_extra={"format": "date"}
+    )
+
+
+class StatsQuery(Model):
+    """GET /v1/stats: one tranche, or all of them."""
+
+    tranche_id: Id | None = None
+
+
+class StreamQuery(StatsQuery):
+    """GET /v1/stats/stream: EventSource cannot send headers, so the token may come here."""
+
+    access_token: str | None = None
 
 
 class LedgerEntry(BaseModel):

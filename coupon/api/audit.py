@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -13,6 +14,8 @@ from coupon.api.common import invalid, json_response, require_role
 from coupon.models import LedgerPage, LedgerQuery, Settlement
 
 auditor = require_role("auditor")
+HEAD = re.compile(r"^[0-9a-fA-F]{64}\Z")
+DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
 def _ledger_query(request: web.Request, *, paged: bool) -> LedgerQuery:
@@ -72,13 +75,12 @@ async def verify_ledger(request: web.Request) -> web.Response:
     expected = request.query.get("head")
     head: bytes | None = None
     if expected is not None:
-        try:
-            head = bytes.fromhex(expected)
-        except ValueError:
+        if not HEAD.match(expected):
             raise errors.InvalidRequest(
                 "head must be the hex hash /v1/ledger/verify published",
-                [{"field": "head", "message": "not hex"}],
-            ) from None
+                [{"field": "head", "message": "not 64 hex digits"}],
+            )
+        head = bytes.fromhex(expected)
     async with request.app[keys.POOL].acquire() as conn:
         result = await audit.verify(conn, head)
     return json_response(result)
@@ -86,6 +88,9 @@ async def verify_ledger(request: web.Request) -> web.Response:
 
 def parse_day(raw: str | None) -> dt.date:
     try:
+        # YYYY-MM-DD only (fromisoformat alone also takes 20260321 and 2026-W12-6)
+        if not DAY.match(raw or ""):
+            raise ValueError(raw)
         return dt.date.fromisoformat(raw or "")
     except ValueError:
         raise errors.InvalidRequest(

@@ -56,7 +56,9 @@ async def handle_errors(request: web.Request, handler: keys.Handler) -> web.Stre
             raise
         code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
         request[keys.LOG]["error"] = code
-        return _error(exc.status, code, message)
+        # a 405 must say which methods the resource has
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _error(exc.status, code, message, headers=allow)
     except Exception as exc:
         translated = db.translate(exc)
         if translated is not None:

@@ -8,21 +8,46 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from coupon.api.routes import ROUTES
-from coupon.models import ErrorBody
+from coupon.api.routes import ROUTES, Route
+from coupon.models import MAX_ID, NATIONAL_ID_PATTERN, ErrorBody
 
 _REF = "#/components/schemas/{model}"
+_TERMINAL_HEADERS = {
+    "terminalId": "X-Terminal-Id",
+    "terminalTimestamp": "X-Timestamp",
+    "terminalNonce": "X-Nonce",
+    "terminalSignature": "X-Signature",
+}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
-    "terminal": [{"terminalSignature": []}],
+    # the four headers together: one requirement
+    "terminal": [{name: [] for name in _TERMINAL_HEADERS}],
     "operator": [{"bearer": []}],
     "auditor": [{"bearer": []}],
     "operator,auditor": [{"bearer": []}],
 }
+# what every route of an authentication kind may answer besides its own responses
 _ERRORS = {
     "terminal": (401, 422),
     "operator": (401, 403, 422),
     "auditor": (401, 403, 422),
     "operator,auditor": (401, 403, 422),
+}
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "national_id": {"type": "string", "pattern": NATIONAL_ID_PATTERN},
+    "id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before sending the same request again",
+        "schema": {"type": "string"},
+        "required": True,
+    }
+}
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "present (true) when this is the stored answer of a repeated request_id",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
 }
 
 
@@ -37,12 +62,103 @@ def _models() -> list[type[BaseModel]]:
     return list(found.values())
 
 
-def _content(model: type[BaseModel] | None) -> dict[str, Any]:
+def _content(model: type[BaseModel] | None, media: str | None = None) -> dict[str, Any]:
     if model is None:
         return {}
-    return {
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}}
-    }
+    ref = {"$ref": _REF.format(model=model.__name__)}
+    if media == "text/event-stream":
+        # each event: `event`, `id`, maybe `retry`, and `data` holding the model as JSON
+        event = {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": ref,
+                },
+            },
+        }
+        return {"content": {media: {"schema": event}}}
+    return {"content": {media or "application/json": {"schema": ref}}}
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field's schema without its `null` branch (a query parameter is absent
+    rather than null) and without pydantic's titles and defaults."""
+    branches = schema.get("anyOf")
+    if branches is not None:
+        kept = [b for b in branches if b != {"type": "null"}]
+        if len(kept) == 1:
+            schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **kept[0]}
+    return {k: v for k, v in schema.items() if k not in ("title", "default")}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(mode="validation")
+    required = set(schema.get("required", ()))
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": _without_null(field),
+            **({"description": field["description"]} if "description" in field else {}),
+        }
+        for name, field in schema["properties"].items()
+    ]
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    params = [
+        {
+            "name": part[1:-1],
+            "in": "path",
+            "required": True,
+            "schema": _PATH_PARAMETERS.get(part[1:-1], {"type": "string"}),
+        }
+        for part in route.path.split("/")
+        if part.startswith("{")
+    ]
+    if route.query is not None:
+        params += _query_parameters(route.query)
+    return params
+
+
+def _responses(route: Route) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, model in route.responses.items():
+        if model is None and status < 400:
+            media = route.media or "application/json"
+            schema: dict[str, Any] = {"type": "object"} if "json" in media else {"type": "string"}
+            responses[str(status)] = {
+                "description": str(status),
+                "content": {media: {"schema": schema}},
+            }
+            continue
+        shown = model if model is not None else ErrorBody
+        responses[str(status)] = {
+            "description": str(status),
+            **_content(shown, route.media if status < 400 else None),
+        }
+        if route.auth == "terminal" and status in (201, 202, 402):
+            responses[str(status)]["headers"] = _REPLAYED
+    for status in _ERRORS.get(route.auth, ()):
+        responses.setdefault(str(status), {"description": "error", **_content(ErrorBody)})
+    if route.database:
+        responses.setdefault(
+            "503",
+            {
+                "description": "the database is unavailable: send the same request again later",
+                "headers": _RETRY_AFTER,
+                **_content(ErrorBody),
+            },
+        )
+    if not responses:
+        responses["200"] = {"description": "OK"}
+    return responses
 
 
 @cache
@@ -59,18 +175,9 @@ def document() -> dict[str, Any]:
             "operationId": route.handler.__name__,
             "summary": route.summary,
             "tags": [route.tag],
-            "responses": {},
+            "responses": _responses(route),
         }
-        params = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-            for part in route.path.split("/")
-            if part.startswith("{")
-        ]
-        params += [
-            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-            | {"description": text}
-            for name, text in route.query
-        ]
+        params = _parameters(route)
         if params:
             op["parameters"] = params
         if route.auth in _SECURITY:
@@ -82,18 +189,20 @@ def document() -> dict[str, Any]:
             }
         elif route.body is not None:
             op["requestBody"] = {"required": True, **_content(route.body)}
-        for status, model in route.responses.items():
-            shown = model if model is not None or status < 400 else ErrorBody
-            op["responses"][str(status)] = {"description": str(status), **_content(shown)}
-            if model is None and status < 400 and route.media != "application/json":
-                op["responses"][str(status)]["content"] = {
-                    route.media: {"schema": {"type": "string"}}
-                }
-        for status in _ERRORS.get(route.auth, ()):
-            op["responses"].setdefault(str(status), {"description": "error", **_content(ErrorBody)})
-        if not op["responses"]:
-            op["responses"]["200"] = {"description": "OK"}
         paths.setdefault(route.path, {})[route.method.lower()] = op
+    signature = (
+        "HMAC-SHA256 with the terminal's secret, lowercase hex, over METHOD, the path with its "
+        "query, X-Timestamp, X-Nonce and the hex SHA-256 of the body, joined by newlines"
+    )
+    terminal_schemes = {
+        name: {
+            "type": "apiKey",
+            "in": "header",
+            "name": header,
+            **({"description": signature} if header == "X-Signature" else {}),
+        }
+        for name, header in _TERMINAL_HEADERS.items()
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -106,13 +215,7 @@ def document() -> dict[str, Any]:
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "terminalSignature": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "X-Signature",
-                    "description": "HMAC-SHA256 over METHOD, path with query, X-Timestamp, "
-                    "X-Nonce and sha256(body), with X-Terminal-Id",
-                },
+                **terminal_schemes,
             },
         },
     }

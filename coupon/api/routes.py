@@ -15,7 +15,9 @@ from coupon.models import (
     Health,
     Household,
     ImportResponse,
+    LedgerFilters,
     LedgerPage,
+    LedgerQuery,
     Merchant,
     MerchantCreate,
     MerchantCreated,
@@ -24,14 +26,18 @@ from coupon.models import (
     ReversalRequest,
     Reversed,
     Settlement,
+    SettlementQuery,
     Stats,
+    StatsQuery,
     StatusChange,
+    StreamQuery,
     Terminal,
     TerminalCreated,
     TrancheCreate,
     TrancheCreated,
     TrancheList,
     Verification,
+    VerifyQuery,
 )
 
 
@@ -43,13 +49,14 @@ class Route:
     summary: str
     auth: str  # "none" | "terminal" | "operator" | "auditor" | "operator,auditor"
     body: type[BaseModel] | str | None = None  # a model, or a media type for raw bodies
+    # status -> body model; None is the error body for >= 400, or a non-JSON body (`media`)
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     tag: str = "system"
-    media: str = "application/json"  # of the 2xx answer
-    query: tuple[tuple[str, str], ...] = ()  # optional query parameters: (name, description)
+    query: type[BaseModel] | None = None  # the query parameters, as a model
+    media: str | None = None  # the 200 answer's media type when it is not JSON
+    database: bool = True  # needs the database (so it may answer 503)
+    match: str | None = None  # the router's pattern, when it must be stricter than `path`
 
-
-_TRANCHE = ("tranche_id", "one tranche's counters; all tranches when absent")
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -68,7 +75,7 @@ ROUTES: tuple[Route, ...] = (
         "Spend a household's credit (idempotent per terminal and request_id)",
         "terminal",
         body=RedemptionRequest,
-        responses={201: Approved, 402: Declined, 409: None},
+        responses={201: Approved, 402: Declined, 409: None, 413: None, 415: None},
         tag="terminal",
     ),
     Route(
@@ -78,7 +85,14 @@ ROUTES: tuple[Route, ...] = (
         "Void this terminal's earlier redemption",
         "terminal",
         body=ReversalRequest,
-        responses={201: Reversed, 202: PendingOriginal, 403: None, 409: None},
+        responses={
+            201: Reversed,
+            202: PendingOriginal,
+            403: None,
+            409: None,
+            413: None,
+            415: None,
+        },
         tag="terminal",
     ),
     Route(
@@ -89,6 +103,7 @@ ROUTES: tuple[Route, ...] = (
         "auditor",
         responses={200: LedgerPage},
         tag="audit",
+        query=LedgerQuery,
     ),
     Route(
         "GET",
@@ -96,7 +111,10 @@ ROUTES: tuple[Route, ...] = (
         audit.get_ledger_csv,
         "The same entries as CSV, streamed",
         "auditor",
+        responses={200: None},
         tag="audit",
+        query=LedgerFilters,
+        media="text/csv",
     ),
     Route(
         "GET",
@@ -106,6 +124,7 @@ ROUTES: tuple[Route, ...] = (
         "auditor",
         responses={200: Verification},
         tag="audit",
+        query=VerifyQuery,
     ),
     Route(
         "GET",
@@ -115,6 +134,7 @@ ROUTES: tuple[Route, ...] = (
         "operator,auditor",
         responses={200: Settlement},
         tag="audit",
+        query=SettlementQuery,
     ),
     Route(
         "GET",
@@ -123,8 +143,8 @@ ROUTES: tuple[Route, ...] = (
         "Live counters per province",
         "operator,auditor",
         responses={200: Stats, 404: None},
-        query=(_TRANCHE,),
         tag="counters",
+        query=StatsQuery,
     ),
     Route(
         "GET",
@@ -134,12 +154,9 @@ ROUTES: tuple[Route, ...] = (
         "connect and within a second of every change; a heartbeat comment every 15 s. "
         "Also accepts ?access_token= (EventSource cannot send headers)",
         "operator,auditor",
-        responses={200: None, 404: None},
+        responses={200: Stats, 404: None},
         media="text/event-stream",
-        query=(
-            _TRANCHE,
-            ("access_token", "the bearer token, for clients that cannot send headers"),
-        ),
+        query=StreamQuery,
         tag="counters",
     ),
     Route(
@@ -150,6 +167,7 @@ ROUTES: tuple[Route, ...] = (
         "none",
         responses={200: None},
         media="text/html",
+        database=False,
         tag="dashboard",
     ),
     Route(
@@ -160,6 +178,7 @@ ROUTES: tuple[Route, ...] = (
         "none",
         responses={200: None, 404: None},
         media="application/octet-stream",
+        database=False,
         tag="dashboard",
     ),
     Route(
@@ -170,8 +189,26 @@ ROUTES: tuple[Route, ...] = (
         "none",
         responses={200: Health, 503: Health},
     ),
-    Route("GET", "/metrics", system.metrics, "Prometheus metrics", "none"),
-    Route("GET", "/openapi.json", system.openapi, "This document", "none"),
+    Route(
+        "GET",
+        "/metrics",
+        system.metrics,
+        "Prometheus metrics",
+        "none",
+        responses={200: None},
+        media="text/plain",
+        database=False,
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        system.openapi,
+        "This document",
+        "none",
+        responses={200: None},
+        media="application/json",
+        database=False,
+    ),
     Route(
         "POST",
         "/v1/admin/households/import",
@@ -179,7 +216,7 @@ ROUTES: tuple[Route, ...] = (
         "Upsert households from CSV (national_id,province,members,decile[,status])",
         "operator",
         body="text/csv",
-        responses={200: ImportResponse},
+        responses={200: ImportResponse, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -189,8 +226,10 @@ ROUTES: tuple[Route, ...] = (
         "Suspend or reactivate a household",
         "operator",
         body=StatusChange,
-        responses={200: Household},
+        responses={200: Household, 404: None, 413: None, 415: None},
         tag="operator",
+        # so that PATCH .../households/import is 405, not a national id "import"
+        match="/v1/admin/households/{national_id:[0-9]{10}}",
     ),
     Route(
         "POST",
@@ -199,7 +238,7 @@ ROUTES: tuple[Route, ...] = (
         "Open a tranche and credit every eligible household",
         "operator",
         body=TrancheCreate,
-        responses={201: TrancheCreated},
+        responses={201: TrancheCreated, 409: None, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -218,7 +257,7 @@ ROUTES: tuple[Route, ...] = (
         "Register a store",
         "operator",
         body=MerchantCreate,
-        responses={201: MerchantCreated},
+        responses={201: MerchantCreated, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -228,7 +267,7 @@ ROUTES: tuple[Route, ...] = (
         "Suspend or reactivate a store",
         "operator",
         body=StatusChange,
-        responses={200: Merchant},
+        responses={200: Merchant, 404: None, 413: None, 415: None},
         tag="operator",
     ),
     Route(
@@ -237,7 +276,7 @@ ROUTES: tuple[Route, ...] = (
         admin.create_terminal,
         "Register a POS terminal; its secret is shown only in this response",
         "operator",
-        responses={201: TerminalCreated},
+        responses={201: TerminalCreated, 404: None},
         tag="operator",
     ),
     Route(
@@ -247,7 +286,7 @@ ROUTES: tuple[Route, ...] = (
         "Suspend or reactivate a POS terminal",
         "operator",
         body=StatusChange,
-        responses={200: Terminal},
+        responses={200: Terminal, 404: None, 413: None, 415: None},
         tag="operator",
     ),
 )

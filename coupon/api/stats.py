@@ -7,10 +7,12 @@ import contextlib
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
+from pydantic import ValidationError
 
 from coupon import counters, errors
 from coupon.api import keys
-from coupon.api.common import json_response, require_role
+from coupon.api.common import invalid, json_response, require_role
+from coupon.models import StatsQuery, StreamQuery
 
 # the browser waits this long before reconnecting a dropped stream
 RECONNECT_MS = 2000
@@ -20,16 +22,18 @@ HEARTBEAT_S = 15.0
 SEND_TIMEOUT_S = 30.0
 
 
-def tranche_param(request: web.Request) -> int | None:
+def tranche_param(request: web.Request, model: type[StatsQuery] = StatsQuery) -> int | None:
+    """?tranche_id=, validated with the rest of the query string (unknown parameters: 422)."""
     raw = request.query.get("tranche_id")
-    if raw is None or raw == "":
-        return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+    if raw is not None and not (raw.isascii() and raw.isdigit()):
         raise errors.InvalidRequest(
             "tranche_id must be a positive integer",
             [{"field": "tranche_id", "message": "not an integer"}],
         )
-    return int(raw)
+    try:
+        return model.model_validate(dict(request.query)).tranche_id
+    except ValidationError as exc:
+        raise invalid(exc) from None
 
 
 @require_role("operator", "auditor")
@@ -51,7 +55,7 @@ class EventStream(EventSourceResponse):
 
 @require_role("operator", "auditor", query_token=True)
 async def stream_stats(request: web.Request) -> web.StreamResponse:
-    tranche_id = tranche_param(request)
+    tranche_id = tranche_param(request, StreamQuery)
     hub = request.app[keys.LIVE]
     # errors (unknown tranche, database down) answer as JSON: the stream has not started yet
     subscription, snapshot = await hub.subscribe(tranche_id)
