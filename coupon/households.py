@@ -163,7 +163,7 @@ async def import_csv(conn: db.Connection, blocks: AsyncIterator[bytes]) -> Impor
             format="text",
             delimiter="\x01",
         )
-        await conn.execute(
+        status = await conn.execute(
             db.q("classify_import_lines"),
             header.width,
             header.national_id,
@@ -172,11 +172,30 @@ async def import_csv(conn: db.Connection, blocks: AsyncIterator[bytes]) -> Impor
             header.decile,
             header.status,
         )
-        await conn.execute(db.q("reject_import_duplicates"))
-        counts = await conn.fetchrow(db.q("import_households"))
-        rejected = [dict(r) for r in await conn.fetch(db.q("import_rejections"))]
-    assert counts is not None
-    return ImportResult(counts["inserted"], counts["good"] - counts["inserted"], rejected)
+        lines = _row_count(status)
+        empty = await conn.fetchval(db.q("households_empty"))
+        present = 0
+        if not empty:
+            counts = await conn.fetchrow(db.q("update_imported_households"))
+            assert counts is not None
+            present = counts["present"]
+        rejected = await conn.fetch(db.q("import_rejections"))
+        good = lines - len(rejected)
+        inserted = 0
+        if good > present:
+            insert = "insert_first_households" if empty else "insert_new_households"
+            inserted = _row_count(await conn.execute(db.q(insert)))
+        # Both statements let the first good line of a repeated id win; only when the counts
+        # show a repeat are the later lines looked for, to report them (a hash over every row).
+        if inserted + present < good:
+            await conn.execute(db.q("reject_import_duplicates"))
+            rejected = await conn.fetch(db.q("import_rejections"))
+    return ImportResult(inserted, present, [dict(r) for r in rejected])
+
+
+def _row_count(status: str) -> int:
+    """The row count of a command tag such as 'INSERT 0 42' or 'SELECT 42'."""
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def blocks_of(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
