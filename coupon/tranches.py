@@ -14,6 +14,9 @@ async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCr
     async with conn.transaction():
         # crediting ~21 M households takes a while: no statement timeout for this one
         await conn.execute("SET LOCAL statement_timeout = 0")
+        # room to sort the credited households by key in memory (and to keep the per-province
+        # figures of RETURNING off disk); with 16 MB the planner walks the index instead
+        await conn.execute("SET LOCAL work_mem = '256MB'")
         await conn.execute(db.q("lock_tranches"))
         carried_from = None
         if tranche.carry_over:
