@@ -190,6 +190,7 @@ async def import_csv(conn: db.Connection, blocks: AsyncIterator[bytes]) -> Impor
         if inserted + present < good:
             await conn.execute(db.q("reject_import_duplicates"))
             rejected = await conn.fetch(db.q("import_rejections"))
+        await conn.execute(db.q("drop_import_tables"))
     return ImportResult(inserted, present, [dict(r) for r in rejected])
 
 

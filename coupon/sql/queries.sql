@@ -39,16 +39,20 @@ SELECT role FROM api_tokens WHERE token_hash = $1;
 SELECT pg_advisory_xact_lock(7365626, 1);
 
 -- name: create_import_lines
--- Raw CSV lines of one import, numbered as in the file (line 1 is the header).
-CREATE TEMP TABLE import_lines (
+-- Raw CSV lines of one import, numbered as in the file (line 1 is the header). UNLOGGED, not
+-- TEMP: it lives in shared buffers instead of 8 MB of local ones (the import's staging spilled
+-- to the OS page cache: validate + insert took 15-30 % longer). The import lock makes the fixed
+-- name safe; created and dropped (drop_import_tables) inside the import's transaction, it is
+-- never visible to anyone else and is gone on rollback.
+CREATE UNLOGGED TABLE import_lines (
     line_no bigint GENERATED ALWAYS AS IDENTITY (START WITH 2),
     line    text
-) ON COMMIT DROP;
+);
 
 -- name: classify_import_lines
 -- Split and validate every line set-based: $1 fields per line, $2..$6 the 1-based positions of
 -- national_id, province, members, decile and status (null when the file has no status column).
-CREATE TEMP TABLE import_rows ON COMMIT DROP AS
+CREATE UNLOGGED TABLE import_rows AS
 SELECT r.line_no, r.national_id, r.province, r.members, r.decile, r.status,
        CASE
            WHEN r.width <> $1 THEN format('expected %s fields, found %s', $1, r.width)
@@ -160,6 +164,10 @@ WHERE r.national_id = f.national_id AND r.line_no > f.first_line AND r.error IS 
 -- name: import_rejections
 -- Every rejected line with its reason, in file order.
 SELECT line_no AS line, error FROM import_rows WHERE error IS NOT NULL ORDER BY line_no;
+
+-- name: drop_import_tables
+-- The import's staging tables, at the end of its transaction (see create_import_lines).
+DROP TABLE import_lines, import_rows;
 
 -- name: set_household_status
 -- Suspend or reactivate a household; returns nothing when it does not exist.
