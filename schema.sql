@@ -21,9 +21,10 @@ CREATE TABLE IF NOT EXISTS provinces (
     name_fa text NOT NULL
 );
 
--- The SPEC's national-id rule in SQL (the import validates millions of rows with it):
--- s = sum(d[i] * (10 - i), i = 0..8) % 11; valid iff d9 = s when s < 2, else d9 = 11 - s.
--- A plain expression, so the planner inlines it; the array maps s to its check digit.
+-- The SPEC's national-id rule in SQL: s = sum(d[i] * (10 - i), i = 0..8) % 11; valid iff
+-- d9 = s when s < 2, else d9 = 11 - s. A plain expression, so the planner inlines it; the array
+-- maps s to its check digit. For one value at a time; the import validates millions of rows
+-- with the two-step form below (3x cheaper per row).
 CREATE OR REPLACE FUNCTION national_id_is_valid(nid text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN octet_length(nid) = 10 AND nid ~ '^[0-9]{10}$' AND nid <> repeat(left(nid, 1), 10)
@@ -33,6 +34,34 @@ RETURN octet_length(nid) = 10 AND nid ~ '^[0-9]{10}$' AND nid <> repeat(left(nid
        + ascii(substr(nid, 5, 1)) * 6 + ascii(substr(nid, 6, 1)) * 5
        + ascii(substr(nid, 7, 1)) * 4 + ascii(substr(nid, 8, 1)) * 3
        + ascii(substr(nid, 9, 1)) * 2 - 48 * 54) % 11];
+
+-- The same rule in two steps, so that a bulk caller parses each id once and checks it with
+-- plain bigint arithmetic (the regex and ten substr() calls above cost ~1.2 s per million
+-- rows, these ~0.35 s): national_id_checksum_ok(national_id_number(x)) is true exactly when
+-- national_id_is_valid(x) is (false or null otherwise). Compute national_id_number() in a
+-- subquery and pass the column: inlining copies the argument into each of its ~15 references.
+
+-- The id as a number: 0..9999999999 when it is exactly 10 ASCII digits, else null or negative.
+-- '1' || nid parses to >= 10^10 only when all 11 characters are digits: int8 input also
+-- accepts blanks, a sign, underscores or a 0x prefix, but each of those leaves fewer digits.
+-- The cast applies to the CASE, not inside it: a constant argument is then never cast at plan
+-- time (a constant THEN branch is folded even when its WHEN is false at run time).
+-- STABLE, not IMMUTABLE, only because pg_input_is_valid() is (an IMMUTABLE function calling a
+-- STABLE one is never inlined).
+CREATE OR REPLACE FUNCTION national_id_number(nid text) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (CASE WHEN octet_length(nid) = 10 AND pg_input_is_valid('1' || nid, 'int8')
+             THEN '1' || nid END)::int8 - 10000000000;
+
+-- The checksum on that number: 10 digits, not all alike (n a multiple of 1111111111), and the
+-- last digit is the one the array maps s to.
+CREATE OR REPLACE FUNCTION national_id_checksum_ok(n bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN n BETWEEN 0 AND 9999999999 AND n % 1111111111 <> 0
+   AND n % 10 = ('{0,1,9,8,7,6,5,4,3,2,1}'::int8[])[1 + (
+         n / 1000000000 * 10 + n / 100000000 % 10 * 9 + n / 10000000 % 10 * 8
+       + n / 1000000 % 10 * 7 + n / 100000 % 10 * 6 + n / 10000 % 10 * 5
+       + n / 1000 % 10 * 4 + n / 100 % 10 * 3 + n / 10 % 10 * 2) % 11];
 
 CREATE TABLE IF NOT EXISTS households (
     national_id text COLLATE "C" PRIMARY KEY
@@ -310,9 +339,14 @@ EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'roles coupon_writer/coupon_reader not created: %', SQLERRM;
 END $$;
 
+-- The household import stages its lines in UNLOGGED tables (shared buffers, unlike TEMP ones);
+-- they live in a schema of their own so that the service needs no CREATE on public.
+CREATE SCHEMA IF NOT EXISTS coupon_staging;
+
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'coupon_writer') THEN
+        GRANT USAGE, CREATE ON SCHEMA coupon_staging TO coupon_writer;
         EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO coupon_writer, coupon_reader',
                        current_database());
         GRANT USAGE ON SCHEMA public TO coupon_writer, coupon_reader;

@@ -14,6 +14,9 @@ async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCr
     async with conn.transaction():
         # crediting ~21 M households takes a while: no statement timeout for this one
         await conn.execute("SET LOCAL statement_timeout = 0")
+        # room to sort the credited households by key in memory (and to keep the per-province
+        # figures of RETURNING off disk); with 16 MB the planner walks the index instead
+        await conn.execute("SET LOCAL work_mem = '256MB'")
         await conn.execute(db.q("lock_tranches"))
         carried_from = None
         if tranche.carry_over:
@@ -40,9 +43,13 @@ async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCr
             [b.per_member_credit for b in tranche.bands],
             [b.opens_at or tranche.starts_at for b in tranche.bands],
         )
-        by_province = await conn.fetch(db.q("credit_tranche"), tranche_id, carried_from)
+        by_province = await conn.fetch(
+            db.q("credit_tranche"), tranche_id, carried_from, timeout=db.BULK_TIMEOUT
+        )
         if carried_from is not None:
-            await conn.execute(db.q("carry_out_balances"), tranche_id, carried_from)
+            await conn.execute(
+                db.q("carry_out_balances"), tranche_id, carried_from, timeout=db.BULK_TIMEOUT
+            )
         provinces = [r["province"] for r in by_province]
         await conn.execute(
             db.q("create_tranche_counters"),

@@ -39,20 +39,24 @@ SELECT role FROM api_tokens WHERE token_hash = $1;
 SELECT pg_advisory_xact_lock(7365626, 1);
 
 -- name: create_import_lines
--- Raw CSV lines of one import, numbered as in the file (line 1 is the header).
-CREATE TEMP TABLE import_lines (
+-- Raw CSV lines of one import, numbered as in the file (line 1 is the header). UNLOGGED, not
+-- TEMP: it lives in shared buffers instead of 8 MB of local ones (the import's staging spilled
+-- to the OS page cache: validate + insert took 15-30 % longer). The import lock makes the fixed
+-- name safe; created and dropped (drop_import_tables) inside the import's transaction, it is
+-- never visible to anyone else and is gone on rollback.
+CREATE UNLOGGED TABLE coupon_staging.import_lines (
     line_no bigint GENERATED ALWAYS AS IDENTITY (START WITH 2),
     line    text
-) ON COMMIT DROP;
+);
 
 -- name: classify_import_lines
 -- Split and validate every line set-based: $1 fields per line, $2..$6 the 1-based positions of
 -- national_id, province, members, decile and status (null when the file has no status column).
-CREATE TEMP TABLE import_rows ON COMMIT DROP AS
+CREATE UNLOGGED TABLE coupon_staging.import_rows AS
 SELECT r.line_no, r.national_id, r.province, r.members, r.decile, r.status,
        CASE
            WHEN r.width <> $1 THEN format('expected %s fields, found %s', $1, r.width)
-           WHEN NOT national_id_is_valid(r.national_id)
+           WHEN NOT coalesce(national_id_checksum_ok(r.nid_number), false)
                THEN 'invalid national_id (10 digits with a valid check digit)'
            WHEN p.code IS NULL THEN 'unknown province (ISO 3166-2:IR code such as IR-23)'
            WHEN r.members IS NULL THEN 'members must be an integer 1..30'
@@ -60,64 +64,110 @@ SELECT r.line_no, r.national_id, r.province, r.members, r.decile, r.status,
            WHEN $6::int IS NOT NULL AND r.status IS NULL
                THEN 'status must be active or suspended'
        END AS error
--- each OFFSET 0 keeps its subquery whole, so every line is split and trimmed only once
+-- each OFFSET 0 keeps its subquery whole, so every line is split and trimmed only once and
+-- the checksum gets a plain column (inlining would copy an expression into each reference)
 FROM (
-    SELECT t.line_no, t.width, t.national_id, t.province,
-           CASE WHEN t.members = ANY (
-                    SELECT generate_series(1, 30)::text) THEN t.members::int2 END AS members,
-           CASE WHEN t.decile = ANY (
-                    SELECT generate_series(1, 10)::text) THEN t.decile::int2 END AS decile,
+    SELECT t.line_no, t.width, t.national_id, national_id_number(t.national_id) AS nid_number,
+           t.province,
+           -- constant arrays: the planner hashes them (a subquery here cost 0.1 s per million)
+           CASE WHEN t.members = ANY ('{1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,
+                                        21,22,23,24,25,26,27,28,29,30}'::text[])
+                THEN t.members::int2 END AS members,
+           CASE WHEN t.decile = ANY ('{1,2,3,4,5,6,7,8,9,10}'::text[])
+                THEN t.decile::int2 END AS decile,
            CASE WHEN t.status IN ('active', 'suspended') THEN t.status END AS status
     FROM (
+        -- most lines have no blank or quote to trim: they skip btrim (a third of the split)
         SELECT l.line_no, cardinality(l.f) AS width,
-               btrim(l.f[$2], ' "') AS national_id, upper(btrim(l.f[$3], ' "')) AS province,
-               btrim(l.f[$4], ' "') AS members, btrim(l.f[$5], ' "') AS decile,
-               lower(btrim(l.f[$6], ' "')) AS status
-        FROM (SELECT line_no, string_to_array(line, ',') AS f
-              FROM import_lines WHERE btrim(line, E' \t') <> '' OFFSET 0) AS l
+               CASE WHEN l.plain THEN l.f[$2] ELSE btrim(l.f[$2], ' "') END AS national_id,
+               upper(CASE WHEN l.plain THEN l.f[$3] ELSE btrim(l.f[$3], ' "') END) AS province,
+               CASE WHEN l.plain THEN l.f[$4] ELSE btrim(l.f[$4], ' "') END AS members,
+               CASE WHEN l.plain THEN l.f[$5] ELSE btrim(l.f[$5], ' "') END AS decile,
+               lower(CASE WHEN l.plain THEN l.f[$6] ELSE btrim(l.f[$6], ' "') END) AS status
+        FROM (SELECT line_no, string_to_array(line, ',') AS f,
+                     strpos(line, ' ') = 0 AND strpos(line, '"') = 0 AS plain
+              FROM coupon_staging.import_lines
+              -- blank lines are skipped; a comma is the cheap proof that a line is not blank
+              WHERE strpos(line, ',') > 0 OR btrim(line, E' \t') <> '' OFFSET 0) AS l
         OFFSET 0
     ) AS t
     OFFSET 0
 ) AS r
 LEFT JOIN provinces p ON p.code = r.province;
 
+-- name: households_empty
+-- Whether there are no households yet (a first import has no updates to look for).
+SELECT NOT EXISTS (SELECT FROM households);
+
+-- name: update_imported_households
+-- Update the households of the file that exist and changed (the first good line of a repeated
+-- id counts); unchanged rows are not rewritten. Runs before the insert, so it only sees
+-- households that existed before the import. Returns how many existed and how many changed.
+WITH present AS (
+    SELECT DISTINCT ON (r.national_id) r.national_id, r.province, r.members, r.decile, r.status,
+           (h.province, h.members, h.decile, h.status)
+               IS DISTINCT FROM (r.province, r.members, r.decile, coalesce(r.status, h.status))
+               AS changed
+    -- sorted first (OFFSET 0 keeps the sort down here): the index is probed in key order, page
+    -- after page, not at random (half the time), and DISTINCT ON needs no second sort
+    FROM (SELECT national_id, line_no, province, members, decile, status FROM coupon_staging.import_rows
+          WHERE error IS NULL ORDER BY national_id, line_no OFFSET 0) AS r
+    JOIN households h ON h.national_id = r.national_id
+    ORDER BY r.national_id, r.line_no
+), updated AS (
+    -- only the changed rows are looked up again (and compared again, under the row lock)
+    UPDATE households h
+    SET province = g.province, members = g.members, decile = g.decile,
+        status = coalesce(g.status, h.status), updated_at = now()
+    FROM present g
+    WHERE g.changed AND h.national_id = g.national_id
+      AND (h.province, h.members, h.decile, h.status)
+          IS DISTINCT FROM (g.province, g.members, g.decile, coalesce(g.status, h.status))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM present) AS present, (SELECT count(*) FROM updated) AS changed;
+
+-- name: insert_new_households
+-- Insert the households of the file that do not exist yet, the first good line of a repeated
+-- id; the command tag counts them. Sorted first, so the existence probes walk the index in key
+-- order and the insert fills it page by page (see insert_first_households).
+INSERT INTO households (national_id, province, members, decile, status)
+SELECT DISTINCT ON (r.national_id)
+       r.national_id, r.province, r.members, r.decile, coalesce(r.status, 'active')
+FROM (SELECT national_id, line_no, province, members, decile, status FROM coupon_staging.import_rows
+      WHERE error IS NULL ORDER BY national_id, line_no OFFSET 0) AS r
+WHERE NOT EXISTS (SELECT FROM households h WHERE h.national_id = r.national_id)
+ORDER BY r.national_id, r.line_no;
+
+-- name: insert_first_households
+-- insert_new_households into an empty table (the import lock keeps it so): no existence probes.
+-- In key order the primary-key index fills page by page instead of at random (the insert takes
+-- half the time), and the heap ends up in key order, which the tranche opening then reads.
+INSERT INTO households (national_id, province, members, decile, status)
+SELECT DISTINCT ON (national_id)
+       national_id, province, members, decile, coalesce(status, 'active')
+FROM coupon_staging.import_rows
+WHERE error IS NULL
+ORDER BY national_id, line_no;
+
 -- name: reject_import_duplicates
--- A national id repeated in the file: the first line counts, later ones are rejected.
+-- A national id repeated in the file: the first line counts, later ones are rejected. Only run
+-- when the counts show a repeat (the upsert already let the first line win).
 WITH firsts AS (
-    SELECT national_id, min(line_no) AS first_line FROM import_rows
+    SELECT national_id, min(line_no) AS first_line FROM coupon_staging.import_rows
     WHERE error IS NULL GROUP BY national_id HAVING count(*) > 1
 )
-UPDATE import_rows r SET error = 'duplicate of line ' || f.first_line
+UPDATE coupon_staging.import_rows r SET error = 'duplicate of line ' || f.first_line
 FROM firsts f
 WHERE r.national_id = f.national_id AND r.line_no > f.first_line AND r.error IS NULL;
 
 -- name: import_rejections
 -- Every rejected line with its reason, in file order.
-SELECT line_no AS line, error FROM import_rows WHERE error IS NOT NULL ORDER BY line_no;
+SELECT line_no AS line, error FROM coupon_staging.import_rows WHERE error IS NOT NULL ORDER BY line_no;
 
--- name: import_households
--- Upsert the good rows: update households that changed, insert new ones; unchanged rows are
--- not rewritten. Returns how many were inserted and how many good rows there were.
-WITH good AS (
-    SELECT national_id, province, members, decile, status FROM import_rows WHERE error IS NULL
-), updated AS (
-    UPDATE households h
-    SET province = g.province, members = g.members, decile = g.decile,
-        status = coalesce(g.status, h.status), updated_at = now()
-    FROM good g
-    WHERE h.national_id = g.national_id
-      AND (h.province, h.members, h.decile, h.status)
-          IS DISTINCT FROM (g.province, g.members, g.decile, coalesce(g.status, h.status))
-    RETURNING 1
-), inserted AS (
-    INSERT INTO households (national_id, province, members, decile, status)
-    SELECT g.national_id, g.province, g.members, g.decile, coalesce(g.status, 'active')
-    FROM good g
-    WHERE NOT EXISTS (SELECT FROM households h WHERE h.national_id = g.national_id)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM good) AS good,
-       (SELECT count(*) FROM updated) AS changed;
+-- name: drop_import_tables
+-- The import's staging tables, at the end of its transaction (see create_import_lines).
+DROP TABLE coupon_staging.import_lines, coupon_staging.import_rows;
 
 -- name: set_household_status
 -- Suspend or reactivate a household; returns nothing when it does not exist.

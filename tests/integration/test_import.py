@@ -20,12 +20,21 @@ async def test_sql_checksum_agrees_with_python(conn: asyncpg.Connection) -> None
     rng = random.Random(3)
     candidates = [f"{rng.randrange(10**10):010d}" for _ in range(3000)]
     candidates += [*national_ids(500), "1111111111", "0000000000", "12345", "abcdefghij", ""]
+    # look-alikes: int8 input accepts most of these; none is 10 ASCII digits
+    candidates += [" 123456789", "123456789 ", "+123456789", "-123456789", "12345_6789"]
+    candidates += ["0x12345678", "0o12345670", "0b10101010", "１２３４５６７８９０"]
     rows = await conn.fetch(
-        "SELECT c, national_id_is_valid(c) AS ok FROM unnest($1::text[]) AS c", candidates
+        """SELECT c, national_id_is_valid(c) AS ok,
+                  coalesce(national_id_checksum_ok(national_id_number(c)), false) AS bulk_ok
+           FROM unnest($1::text[]) AS c""",
+        candidates,
     )
     assert sum(r["ok"] for r in rows) >= 500
     for row in rows:
-        assert row["ok"] == is_valid_national_id(row["c"]), row["c"]
+        assert row["ok"] == row["bulk_ok"] == is_valid_national_id(row["c"]), row["c"]
+    # a literal argument is folded at plan time: that must not try to cast it
+    assert await conn.fetchval("SELECT national_id_number('abcdefghij')") is None
+    assert await conn.fetchval("SELECT national_id_number('0084575948')") == 84575948
 
 
 async def test_every_kind_of_bad_line_is_reported_and_good_lines_land(
@@ -84,3 +93,43 @@ async def test_reimport_counts_updates_and_rewrites_only_changed_rows(
     rows = await conn.fetch("SELECT national_id, members, updated_at FROM households")
     touched = {r["national_id"] for r in rows if r["updated_at"] > before}
     assert touched == {ids[1]}
+
+
+async def test_repeated_ids_first_good_line_wins_for_new_and_existing_households(
+    conn: asyncpg.Connection,
+) -> None:
+    ids = national_ids(4)
+    first = f"national_id,province,members,decile\n{ids[0]},IR-15,2,2\n{ids[1]},IR-15,2,2\n"
+    assert (await run_import(conn, first)).imported == 2
+    before = await conn.fetchval("SELECT max(updated_at) FROM households")
+    text = "\n".join(
+        [
+            "national_id,province,members,decile",
+            f"{ids[0]},IR-23,3,3",  # 2 existing, changed
+            f"{ids[2]},IR-15,1,1",  # 3 new
+            f"{ids[0]},IR-15,2,2",  # 4 duplicate of line 2
+            f"{ids[2]},IR-23,4,4",  # 5 duplicate of line 3
+            f"{ids[1]},IR-15,2,2",  # 6 existing, unchanged
+            f"{ids[3]},IR-99,1,1",  # 7 unknown province
+            f"{ids[3]},IR-15,5,5",  # 8 new: the first good line of its id
+            f"{ids[1]},IR-15,7,7",  # 9 duplicate of line 6
+        ]
+    )
+    result = await run_import(conn, text)
+    assert (result.imported, result.updated) == (2, 2)
+    lines = {r["line"]: r["error"] for r in result.rejected}
+    assert sorted(lines) == [4, 5, 7, 9]
+    assert lines[4] == "duplicate of line 2" and lines[5] == "duplicate of line 3"
+    assert lines[9] == "duplicate of line 6" and "province" in lines[7]
+    rows = await conn.fetch(
+        "SELECT national_id, province, members, decile, updated_at FROM households"
+    )
+    got = {r["national_id"]: (r["province"], r["members"], r["decile"]) for r in rows}
+    assert got == {
+        ids[0]: ("IR-23", 3, 3),
+        ids[1]: ("IR-15", 2, 2),
+        ids[2]: ("IR-15", 1, 1),
+        ids[3]: ("IR-15", 5, 5),
+    }
+    touched = {r["national_id"] for r in rows if r["updated_at"] > before}
+    assert touched == {ids[0], ids[2], ids[3]}
