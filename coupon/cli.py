@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = Settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
     result: int = args.run(settings, args)
     return result
 
@@ -203,8 +203,18 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 await conn.close()
             await serve_until_stopped(settings, dsn, host, port)
 
-    asyncio.run(run())
+    _run_server_loop(settings, run())
     return 0
+
+
+def _run_server_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, on uvloop when COUPON_UVLOOP is set."""
+    if settings.uvloop:
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def _connect(dsn: str) -> db.Connection:
@@ -254,8 +264,8 @@ async def serve_until_stopped(
 
 
 def _worker(settings: Settings, dsn: str, host: str, port: int) -> None:
-    logs.configure(settings.log_level)
-    asyncio.run(serve_until_stopped(settings, dsn, host, port, reuse_port=True))
+    logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
+    _run_server_loop(settings, serve_until_stopped(settings, dsn, host, port, reuse_port=True))
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:

@@ -51,11 +51,12 @@ VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     "w2-uvloop": (2, {"COUPON_UVLOOP": "true"}),
     "w2-asyncio": (2, {"COUPON_UVLOOP": "false"}),
     "w2-nolog": (2, {"COUPON_LOG_LEVEL": "warning"}),
-    "w2-syncflush": (2, {"COUPON_LOG_FLUSH_INTERVAL": "0"}),
+    "w2-buflog": (2, {"COUPON_LOG_FLUSH_INTERVAL": "0.1"}),
+    "w2-all": (2, {"COUPON_LOG_FLUSH_INTERVAL": "0.1", "COUPON_UVLOOP": "true"}),
     "w1-uvloop": (1, {"COUPON_UVLOOP": "true"}),
     "w1-asyncio": (1, {"COUPON_UVLOOP": "false"}),
     "w1-nolog": (1, {"COUPON_LOG_LEVEL": "warning"}),
-    "w1-syncflush": (1, {"COUPON_LOG_FLUSH_INTERVAL": "0"}),
+    "w1-buflog": (1, {"COUPON_LOG_FLUSH_INTERVAL": "0.1"}),
 }
 
 
@@ -198,13 +199,54 @@ def ensure_wrk() -> str:
     return found
 
 
+def profile_summary(raw: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
+    """py-spy's collapsed stacks -> the frames with the most samples: own (leaf) and total."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = [
+            re.sub(r" \(([^)]*/)?([^/):]+)(:[0-9]+)?\)", r" (\2)", f) for f in stack.split(";")
+        ]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            total[f] = total.get(f, 0) + n
+
+    def pct(d: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return [(k, round(100 * v / max(1, samples), 1)) for k, v in best]
+
+    return {"own_pct": pct(own), "total_pct": pct(total)}
+
+
 def closed_loop(
-    pop: traffic.Population, server: Server, seconds: int, threads: int, conns: int
+    pop: traffic.Population,
+    server: Server,
+    seconds: int,
+    threads: int,
+    conns: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     requests = OUT / "requests-closed.tsv"
     result_file = OUT / "wrk.json"
     count = int(seconds * 5000)  # more than the service answers in that time
     mix = traffic.write_requests(requests, pop, count, threads, rng_seed=int(time.time()))
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(
+            [
+                *(str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking"),
+                *("-p", str(server.processes()[0].pid), "-d", str(max(1, seconds - 2))),
+                *("-r", "200", "-f", "raw", "-o", str(profile)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     with Sampler(server.processes()) as sampler:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(
@@ -228,6 +270,9 @@ def closed_loop(
     result["mix_written"] = mix
     result["command"] = f"wrk -t{threads} -c{conns} -d{seconds}s -s loadtest/pos.lua"
     result |= sampler.result()
+    if spy is not None and profile is not None:
+        spy.wait(timeout=60)
+        result["profile"] = profile_summary(profile)
     # business outcomes (approved, replayed, reversed, answered, declined): each one signed
     # request and one database transaction; 401/409/5xx and socket errors are not counted
     done = sum(v for k, v in result["statuses"].items() if k < "400" or k == "402")
@@ -297,7 +342,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workers, env = VARIANTS[name]
             server = Server(dsn, workers, env, OUT / f"server-{name}.log")
             try:
-                closed = closed_loop(pop, server, args.seconds, args.threads, args.connections)
+                closed = closed_loop(
+                    pop,
+                    server,
+                    args.seconds,
+                    args.threads,
+                    args.connections,
+                    OUT / f"profile-{name}.txt" if args.profile else None,
+                )
             finally:
                 server.stop()
             closed["variant"] = name
@@ -351,6 +403,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--variants", default="w2", help=", ".join(VARIANTS))
+    parser.add_argument("--profile", action="store_true", help="py-spy one server process")
     args = parser.parse_args()
     result = run(args)
     summary = {k: v for k, v in result.items() if k != "open"}
