@@ -48,6 +48,8 @@ SHARDS = 16
 VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     "w2": (2, {}),
     "w1": (1, {}),
+    "w2-pool4": (2, {"COUPON_POOL_MAX_SIZE": "4"}),
+    "w2-uvloop-pool4": (2, {"COUPON_POOL_MAX_SIZE": "4", "COUPON_UVLOOP": "true"}),
     "w2-uvloop": (2, {"COUPON_UVLOOP": "true"}),
     "w2-asyncio": (2, {"COUPON_UVLOOP": "false"}),
     "w2-nolog": (2, {"COUPON_LOG_LEVEL": "warning"}),
@@ -149,11 +151,35 @@ class Server:
         self.log.close()
 
 
+def postgres_processes() -> list[psutil.Process]:
+    """The embedded server's postmaster and its children (other PostgreSQLs on the machine are
+    not ours); none when DATABASE_URL points elsewhere."""
+    pidfile = OUT / "pg" / "pgdata" / "postmaster.pid"
+    if "DATABASE_URL" in os.environ or not pidfile.exists():
+        return []
+    try:
+        root = psutil.Process(int(pidfile.read_text().split()[0]))
+        return [root, *root.children()]
+    except (psutil.Error, ValueError, IndexError):
+        return []
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
+    out = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            c = p.cpu_times()
+            out[p.pid] = c.user + c.system
+    return out
+
+
 class Sampler:
-    """RSS (MiB) and CPU of the server processes, sampled every 0.5 s in a thread."""
+    """RSS (MiB) and CPU of the server processes, sampled every 0.5 s in a thread, and the CPU
+    of the embedded PostgreSQL over the same time."""
 
     def __init__(self, procs: list[psutil.Process]) -> None:
         self.procs = procs
+        self.pg0 = cpu_seconds(postgres_processes())
         self.rss: list[float] = []
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -183,7 +209,10 @@ class Sampler:
             except psutil.Error:
                 continue
             cpu += (c1.user + c1.system) - (c0.user + c0.system)
+        pg1 = cpu_seconds(postgres_processes())
+        pg = sum(v - self.pg0.get(pid, 0.0) for pid, v in pg1.items())
         return {
+            "postgres_cores": round(pg / elapsed, 2),
             "rss_mib_max_per_process": round(max(self.rss), 1) if self.rss else 0.0,
             "rss_mib_mean_per_process": round(sum(self.rss) / len(self.rss), 1)
             if self.rss
@@ -243,6 +272,9 @@ def closed_loop(
                 *(str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking"),
                 *("-p", str(server.processes()[0].pid), "-d", str(max(1, seconds - 2))),
                 *("-r", "200", "-f", "raw", "-o", str(profile)),
+                # --gil: only samples that hold the GIL, i.e. Python's own CPU time (a thread
+                # in send() or preempted by its peer on a busy machine is not counted)
+                *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -358,7 +390,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"{name}: {closed['per_s']:.0f} req/s, {closed['transactions_per_s']:.0f} "
                 f"transactions/s, p50 {closed['latency_ms']['50']} ms, "
-                f"p99 {closed['latency_ms']['99']} ms, {closed['statuses']}",
+                f"p99 {closed['latency_ms']['99']} ms, server {closed['server_cores']} cores, "
+                f"postgres {closed['postgres_cores']}, wrk {closed['client_cores']}, "
+                f"load {os.getloadavg()[0]:.1f}, {closed['statuses']}",
                 file=sys.stderr,
             )
         peak = result["closed"][0]["per_s"]
@@ -412,7 +446,8 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if "ratio" in result:
         print(
-            f"ratio: {result['closed'][0]['transactions_per_s']:.0f} redemptions/s / "
+            f"ratio: {result['closed'][0]['transactions_per_s']:.0f} signed transactions/s "
+            f"(~90 % redemptions) / "
             f"{result['pgbench']['tps']:.0f} TPC-B tps = {result['ratio']}"
         )
 
