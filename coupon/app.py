@@ -102,6 +102,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        sys.stdout.buffer.flush()  # also when the task was cancelled before it ever ran
 
     async def close_streams(app: web.Application) -> None:
         # SSE streams never end by themselves: end them so that shutdown does not wait on them

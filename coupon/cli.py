@@ -208,7 +208,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run_server_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
-    """asyncio.run, on uvloop when COUPON_UVLOOP is set."""
+    """asyncio.run, on uvloop unless COUPON_UVLOOP=false."""
     if settings.uvloop:
         import uvloop
 

@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # seconds request log lines may wait in the stdout buffer (0: write and flush each line)
     log_flush_interval: float = 0.0
-    # run the server on uvloop instead of asyncio's own event loop
-    uvloop: bool = False
+    # `coupon serve` on uvloop (BENCHMARKS.md, issue 6: ~5-9 % less CPU a request); false:
+    # asyncio's own event loop
+    uvloop: bool = True
     # live counters: how often the publisher looks for changes, and the least time between two
     # announcements (under load, events come at most this often; a dashboard needs no more)
     stats_poll_interval: float = 0.1
