@@ -181,6 +181,7 @@ class Sampler:
     def __init__(self, procs: list[psutil.Process]) -> None:
         self.procs = procs
         self.pg0 = cpu_seconds(postgres_processes())
+        self.pg_last = dict(self.pg0)
         self.rss: list[float] = []
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -189,6 +190,8 @@ class Sampler:
 
     def loop(self) -> None:
         while not self.stop_event.wait(0.5):
+            # backends that come and go (pgbench's) count up to their last sample
+            self.pg_last |= cpu_seconds(postgres_processes())
             for p in self.procs:
                 with contextlib.suppress(psutil.Error):
                     self.rss.append(p.memory_info().rss / 2**20)
@@ -210,7 +213,7 @@ class Sampler:
             except psutil.Error:
                 continue
             cpu += (c1.user + c1.system) - (c0.user + c0.system)
-        pg1 = cpu_seconds(postgres_processes())
+        pg1 = self.pg_last | cpu_seconds(postgres_processes())
         pg = sum(v - self.pg0.get(pid, 0.0) for pid, v in pg1.items())
         return {
             "postgres_cores": round(pg / elapsed, 2),
@@ -315,7 +318,8 @@ def closed_loop(
 
 def open_loop(pop: traffic.Population, server: Server, rate: float, seconds: int) -> dict[str, Any]:
     requests = OUT / "requests-open.tsv"
-    traffic.write_requests(requests, pop, int(rate * seconds) + 1, 1, rng_seed=int(time.time()))
+    count = int(rate * (seconds + 2)) + 1  # 2 s of warm-up, not in the histogram
+    traffic.write_requests(requests, pop, count, 1, rng_seed=int(time.time()))
     rendered = openloop.render(requests, f"127.0.0.1:{server.port}")
     with Sampler(server.processes()) as sampler:
         result = asyncio.run(openloop.run(rendered, "127.0.0.1", server.port, rate, seconds))
@@ -344,7 +348,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax2.legend(loc="upper right")
     lat = result["latency_ms"]
     fig.suptitle(
-        f"open loop at {result['rate']:.0f}/s: p50 {lat['50']} ms, p99 {lat['99']} ms",
+        f"open loop at {result['rate']:.0f}/s: p50 {lat['50']} ms, p99 {lat['99']} ms "
+        f"(after {result['warmup_s']:.0f} s of warm-up)",
         fontsize=10,
     )
     fig.tight_layout()
