@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test soak lint fmt bench bench-bulk bench-stream clean
+.PHONY: install run test soak lint fmt bench bench-all bench-bulk bench-stream wrk clean
 
 install: $(STAMP)
 
@@ -35,7 +35,14 @@ fmt: install
 	$(BIN)/ruff format coupon tests loadtest
 	$(BIN)/ruff check --fix coupon tests loadtest
 
-bench: bench-bulk bench-stream  ## every benchmark; figures go to BENCHMARKS.md by hand
+bench: install wrk    ## pgbench TPC-B, then signed POS traffic (wrk, open loop) on the same PostgreSQL
+	$(BIN)/python -m loadtest.bench
+
+bench-all: bench bench-bulk bench-stream  ## every benchmark; figures go to BENCHMARKS.md by hand
+
+wrk:                  ## the closed-loop HTTP load generator (Debian package)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| (sudo apt-get update -qq && sudo apt-get install -y -qq wrk)
 
 bench-bulk: install   ## 1,000,000 households: import and tranche opening
 	$(BIN)/python -m loadtest.bulk --households 1000000

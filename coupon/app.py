@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
-from coupon import audit, db, live
+from coupon import audit, db, live, logs
 from coupon.api import keys
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import access_log, handle_errors
@@ -96,12 +97,25 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         yield
         await hub.stop()
 
+    async def log_flusher(app: web.Application) -> AsyncIterator[None]:
+        if settings.log_flush_interval <= 0:
+            yield
+            return
+        task = asyncio.create_task(
+            logs.flush_periodically(sys.stdout.buffer, settings.log_flush_interval)
+        )
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sys.stdout.buffer.flush()  # also when the task was cancelled before it ever ran
+
     async def close_streams(app: web.Application) -> None:
         # SSE streams never end by themselves: end them so that shutdown does not wait on them
         if keys.LIVE in app:
             app[keys.LIVE].close_streams()
 
-    app.cleanup_ctx.extend([pool, nonce_pruner, sealer, live_counters])
+    app.cleanup_ctx.extend([log_flusher, pool, nonce_pruner, sealer, live_counters])
     app.on_shutdown.append(close_streams)
     for route in ROUTES:
         app.router.add_route(

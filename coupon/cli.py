@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = Settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
     result: int = args.run(settings, args)
     return result
 
@@ -208,8 +208,18 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 await conn.close()
             await serve_until_stopped(settings, dsn, host, port)
 
-    asyncio.run(run())
+    _run_server_loop(settings, run())
     return 0
+
+
+def _run_server_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, on uvloop unless COUPON_UVLOOP=false."""
+    if settings.uvloop:
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def _connect(dsn: str) -> db.Connection:
@@ -285,9 +295,10 @@ def _worker(settings: Settings, dsn: str, host: str, port: int, parent_pid: int)
     # the parent, which forwards SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logs.configure(settings.log_level)
-    asyncio.run(
-        serve_until_stopped(settings, dsn, host, port, reuse_port=True, parent_pid=parent_pid)
+    logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
+    _run_server_loop(
+        settings,
+        serve_until_stopped(settings, dsn, host, port, reuse_port=True, parent_pid=parent_pid),
     )
 
 

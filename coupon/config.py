@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     # seconds between sealing runs (SPEC: rows sealed within 2 s of commit)
     seal_interval: float = 1.0
     log_level: str = "info"
+    # seconds request log lines may wait in the stdout buffer (0: write and flush each line)
+    log_flush_interval: float = 0.0
+    # `coupon serve` on uvloop (BENCHMARKS.md, issue 6: ~5-9 % less CPU a request); false:
+    # asyncio's own event loop
+    uvloop: bool = True
     # live counters: how often the publisher looks for changes, and the least time between two
     # announcements (under load, events come at most this often; a dashboard needs no more)
     stats_poll_interval: float = 0.1
