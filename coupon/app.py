@@ -115,7 +115,9 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         if keys.LIVE in app:
             app[keys.LIVE].close_streams()
 
-    app.cleanup_ctx.extend([log_flusher, pool, nonce_pruner, sealer, live_counters])
+    app.cleanup_ctx.extend([log_flusher, pool, nonce_pruner, sealer])
+    if settings.live_counters:
+        app.cleanup_ctx.append(live_counters)
     app.on_shutdown.append(close_streams)
     for route in ROUTES:
         app.router.add_route(

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     counter_shards: int = 16
     # seconds between sealing runs (SPEC: rows sealed within 2 s of commit)
     seal_interval: float = 1.0
+    # the live-counters publisher and LISTEN connection (two extra connections per process);
+    # off, /v1/stats/stream answers 503 in this process
+    live_counters: bool = True
     log_level: str = "info"
     # seconds request log lines may wait in the stdout buffer (0: write and flush each line)
     log_flush_interval: float = 0.0

@@ -56,6 +56,8 @@ class EventStream(EventSourceResponse):
 @require_role("operator", "auditor", query_token=True)
 async def stream_stats(request: web.Request) -> web.StreamResponse:
     tranche_id = tranche_param(request, StreamQuery)
+    if keys.LIVE not in request.app:
+        raise errors.ServiceUnavailable("live counters are off in this process")
     hub = request.app[keys.LIVE]
     # errors (unknown tranche, database down) answer as JSON: the stream has not started yet
     subscription, snapshot = await hub.subscribe(tranche_id)

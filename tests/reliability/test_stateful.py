@@ -107,6 +107,7 @@ class CouponMachine(RuleBasedStateMachine):
             counter_shards=TEST_SHARDS,
             db_timeout=2.0,
             seal_interval=3600,
+            live_counters=False,  # its connections would go through the proxy too
         )
         self.server = in_process(settings, self.pdsn)
         self.base = await self.server.__aenter__()
