@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -24,33 +25,32 @@ log = structlog.get_logger(__name__)
 MAX_JSON_BODY = 64 * 1024
 
 
-async def prune_nonces(pool: db.Pool, clock_skew: int, every: float = 60.0) -> None:
-    """Forget nonces the clock window already refuses; keep going through database outages."""
+async def every(period: float, name: str, work: Callable[[], Awaitable[object]]) -> None:
+    """Run work every `period` seconds, forever: a database outage or a bug costs one round,
+    never the loop (a background task that dies stays dead)."""
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(period)
         try:
-            async with pool.acquire() as conn:
-                await conn.execute(db.q("prune_nonces"), 2 * clock_skew)
+            await work()
         except db.UNAVAILABLE as exc:
-            log.warning("nonce_prune_failed", error=type(exc).__name__)
+            log.warning(f"{name}_failed", error=type(exc).__name__)
         except Exception:
-            # a background task that dies stays dead: log the bug, try again next round
-            log.exception("nonce_prune_crashed")
+            log.exception(f"{name}_crashed")
 
 
-async def seal_ledger(pool: db.Pool, every: float) -> None:
-    """Seal new ledger rows behind the writers, forever (one process at a time does the work)."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            async with pool.acquire() as conn:
-                sealed = await audit.seal(conn)
-            if sealed:
-                log.debug("ledger_sealed", rows=sealed)
-        except db.UNAVAILABLE as exc:
-            log.warning("ledger_seal_failed", error=type(exc).__name__)
-        except Exception:
-            log.exception("ledger_seal_crashed")
+def background(
+    start: Callable[[web.Application], Coroutine[Any, Any, object]],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that runs start(app) as a task while the app lives."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(start(app))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return context
 
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
@@ -69,19 +69,18 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         # runs after in-flight requests have finished (aiohttp's shutdown order)
         await db.close_pool(app[keys.POOL], settings.db_timeout)
 
-    async def nonce_pruner(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(prune_nonces(app[keys.POOL], settings.clock_skew))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def prune_nonces() -> None:
+        # forget nonces the clock window already refuses
+        async with app[keys.POOL].acquire() as conn:
+            await conn.execute(db.q("prune_nonces"), 2 * settings.clock_skew)
 
-    async def sealer(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(seal_ledger(app[keys.POOL], settings.seal_interval))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def seal_ledger() -> None:
+        # seal new ledger rows behind the writers (one process at a time does the work)
+        async with app[keys.POOL].acquire() as conn:
+            await audit.seal(conn)
+
+    nonce_pruner = background(lambda app: every(60.0, "nonce_prune", prune_nonces))
+    sealer = background(lambda app: every(settings.seal_interval, "ledger_seal", seal_ledger))
 
     async def live_counters(app: web.Application) -> AsyncIterator[None]:
         metrics = app[keys.METRICS]
@@ -98,24 +97,22 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         await hub.stop()
 
     async def log_flusher(app: web.Application) -> AsyncIterator[None]:
-        if settings.log_flush_interval <= 0:
-            yield
-            return
-        task = asyncio.create_task(
-            logs.flush_periodically(sys.stdout.buffer, settings.log_flush_interval)
+        # request lines may wait in stdout's buffer (COUPON_LOG_FLUSH_INTERVAL): none is lost
+        flushing = background(
+            lambda app: logs.flush_periodically(sys.stdout.buffer, settings.log_flush_interval)
         )
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sys.stdout.buffer.flush()  # also when the task was cancelled before it ever ran
+        async for _ in flushing(app):
+            yield
+        sys.stdout.buffer.flush()
 
     async def close_streams(app: web.Application) -> None:
         # SSE streams never end by themselves: end them so that shutdown does not wait on them
         if keys.LIVE in app:
             app[keys.LIVE].close_streams()
 
-    app.cleanup_ctx.extend([log_flusher, pool, nonce_pruner, sealer])
+    if settings.log_flush_interval > 0:
+        app.cleanup_ctx.append(log_flusher)
+    app.cleanup_ctx.extend([pool, nonce_pruner, sealer])
     if settings.live_counters:
         app.cleanup_ctx.append(live_counters)
     app.on_shutdown.append(close_streams)
