@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coupon import db, households, merchants, tokens, tranches
-from coupon.models import Band, MerchantCreate, TrancheCreate
+from coupon.models import Band, MerchantCreate, TerminalCreated, TrancheCreate
 from coupon.provinces import iran_provinces
 
 CENSUS_FILE = "census_2016_population.csv"
@@ -78,6 +78,43 @@ def demo_households(
             seen.add(national_id)
             rows.append((national_id, province.code, rng.choice(MEMBERS), rng.randint(1, 10)))
     return rows
+
+
+async def seed_programme(
+    conn: db.Connection,
+    rows: list[tuple[str, str, int, int]],
+    terminal_provinces: list[str],
+    *,
+    name: str,
+    up_to_decile: int,
+    started: dt.timedelta = dt.timedelta(minutes=1),
+) -> list[tuple[str, TerminalCreated]]:
+    """A small programme for benchmarks and tests: households (national_id, province, members,
+    decile), a tranche open since `started` ago crediting deciles up to `up_to_decile` with
+    5,000,000 rials a member, and one store with a terminal per entry of terminal_provinces."""
+    csv_text = "national_id,province,members,decile\n" + "".join(
+        f"{n},{p},{m},{d}\n" for n, p, m, d in rows
+    )
+    await households.import_csv(conn, households.blocks_of(csv_text.encode()))
+    now = dt.datetime.now(dt.UTC)
+    await tranches.open_tranche(
+        conn,
+        TrancheCreate(
+            name=name,
+            starts_at=now - started,
+            ends_at=now + dt.timedelta(days=30),
+            categories=["rice", "dairy"],
+            carry_over=False,
+            bands=[Band(up_to_decile=up_to_decile, per_member_credit=5_000_000)],
+        ),
+    )
+    terminals = []
+    for i, province in enumerate(terminal_provinces):
+        merchant_id = await merchants.create_merchant(
+            conn, MerchantCreate(name=f"{name} {province} {i}", province=province)
+        )
+        terminals.append((province, await merchants.create_terminal(conn, merchant_id)))
+    return terminals
 
 
 async def seed(

@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import random
-import shlex
-import sys
 import time
 from typing import Any
 
@@ -21,7 +18,7 @@ import asyncpg
 from coupon import audit
 from coupon.config import Settings
 from loadtest import redeem
-from loadtest.common import bench_database, machine
+from loadtest.common import bench_database, print_result
 
 GENERATE = """
 INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
@@ -174,18 +171,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()
     result = asyncio.run(run(args.rows, args.seconds))
-    print(
-        json.dumps(
-            {
-                "command": "python -m loadtest.audit " + shlex.join(sys.argv[1:]),
-                "machine": machine(),
-                "date": dt.date.today().isoformat(),
-                **result,
-            },
-            indent=2,
-            default=str,
-        )
-    )
+    print_result("loadtest.audit", result)
 
 
 if __name__ == "__main__":

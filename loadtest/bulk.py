@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import random
-import shlex
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +19,7 @@ import asyncpg
 from coupon import households, tranches
 from coupon.models import Band, TrancheCreate
 from coupon.provinces import iran_provinces
-from loadtest.common import OUT, bench_database, machine
+from loadtest.common import OUT, bench_database, print_result
 
 
 def generate_csv(n: int, seed: int = 1) -> str:
@@ -118,18 +116,7 @@ def main() -> None:
     parser.add_argument("--households", type=int, default=1_000_000)
     args = parser.parse_args()
     figures = asyncio.run(run(args.households))
-    command = "python -m loadtest.bulk " + shlex.join(sys.argv[1:])
-    print(
-        json.dumps(
-            {
-                "command": command,
-                "machine": machine(),
-                "date": dt.date.today().isoformat(),
-                **figures,
-            },
-            indent=2,
-        )
-    )
+    print_result("loadtest.bulk", figures)
 
 
 if __name__ == "__main__":

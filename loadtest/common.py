@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import platform
+import shlex
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -20,6 +25,22 @@ def machine() -> str:
     cpus = os.cpu_count()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{platform.machine()}, {cpus} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def print_result(module: str, figures: dict[str, Any]) -> None:
+    """Print a benchmark's figures as JSON, with the command, machine and date that made them."""
+    print(
+        json.dumps(
+            {
+                "command": f"python -m {module} " + shlex.join(sys.argv[1:]),
+                "machine": machine(),
+                "date": dt.date.today().isoformat(),
+                **figures,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 @contextlib.asynccontextmanager

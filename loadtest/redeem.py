@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import os
 import random
-import shlex
 import socket
 import sys
 import time
@@ -28,11 +25,11 @@ import aiohttp
 import asyncpg
 import orjson
 
-from coupon import auth, households, merchants, tranches
-from coupon.models import Band, MerchantCreate, RedemptionRequest, TrancheCreate
+from coupon import auth, demo, households
+from coupon.models import RedemptionRequest
 from coupon.provinces import iran_provinces
 from coupon.redemption import body_hash
-from loadtest.common import bench_database, machine
+from loadtest.common import bench_database, print_result
 
 SHARDS = 16
 
@@ -44,32 +41,15 @@ async def seed(dsn: str, n_households: int, n_terminals: int) -> tuple[list[str]
     step = 10**9 // n_households
     for i in range(n_households):
         ids.append(households.with_check_digit(f"{i * step + 1:09d}"))
-    csv = "national_id,province,members,decile\n" + "".join(
-        f"{nid},{rng.choice(codes)},{rng.randint(1, 6)},{rng.randint(1, 7)}\n" for nid in ids
-    )
+    rows = [(nid, rng.choice(codes), rng.randint(1, 6), rng.randint(1, 7)) for nid in ids]
     conn = await asyncpg.connect(dsn)
     try:
-        await households.import_csv(conn, households.blocks_of(csv.encode()))
-        now = dt.datetime.now(dt.UTC)
-        await tranches.open_tranche(
-            conn,
-            TrancheCreate(
-                name="bench",
-                starts_at=now - dt.timedelta(minutes=1),
-                ends_at=now + dt.timedelta(days=30),
-                categories=["rice", "dairy"],
-                carry_over=False,
-                bands=[Band(up_to_decile=7, per_member_credit=5_000_000)],
-            ),
+        made = await demo.seed_programme(
+            conn, rows, [codes[i % 31] for i in range(n_terminals)], name="bench", up_to_decile=7
         )
-        terminals = []
-        for i in range(n_terminals):
-            mid = await merchants.create_merchant(
-                conn, MerchantCreate(name=f"bench {i}", province=codes[i % 31])
-            )
-            terminals.append(await merchants.create_terminal(conn, mid))
     finally:
         await conn.close()
+    terminals = [created for _, created in made]
     return ids, terminals
 
 
@@ -251,17 +231,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    print(
-        json.dumps(
-            {
-                "command": "python -m loadtest.redeem " + shlex.join(sys.argv[1:]),
-                "machine": machine(),
-                "date": dt.date.today().isoformat(),
-                **result,
-            },
-            indent=2,
-        )
-    )
+    print_result("loadtest.redeem", result)
 
 
 if __name__ == "__main__":

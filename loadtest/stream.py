@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
 import random
 import re
-import shlex
 import sys
 import time
 import uuid
@@ -34,7 +32,7 @@ import orjson
 import psutil
 
 from coupon import auth, tokens
-from loadtest.common import OUT, bench_database, machine
+from loadtest.common import OUT, bench_database, print_result
 from loadtest.redeem import check_invariants, free_port, seed
 
 SAMPLED = 20  # SSE clients whose every event is recorded for the lag figures
@@ -360,17 +358,7 @@ def main() -> None:
         asyncio.run(sse_worker(args.sse_worker[0], int(args.sse_worker[1])))
         return
     result = asyncio.run(run(args))
-    print(
-        json.dumps(
-            {
-                "command": "python -m loadtest.stream " + shlex.join(sys.argv[1:]),
-                "machine": machine(),
-                "date": dt.date.today().isoformat(),
-                **result,
-            },
-            indent=2,
-        )
-    )
+    print_result("loadtest.stream", result)
 
 
 if __name__ == "__main__":

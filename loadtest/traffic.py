@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import datetime as dt
 import itertools
 import random
 import secrets
@@ -27,8 +26,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from coupon import auth, demo, households, merchants, tranches
-from coupon.models import Band, MerchantCreate, TrancheCreate
+from coupon import auth, demo, households
 
 MIX = {"redeem": 0.90, "balance": 0.04, "reverse": 0.03, "retry": 0.03}
 
@@ -63,34 +61,17 @@ async def seed(dsn: str, n_households: int, n_terminals: int, rng_seed: int = 5)
         )
         for i in range(n_households)
     ]
-    csv = "national_id,province,members,decile\n" + "".join(
-        f"{nid},{prov},{members},{decile}\n" for nid, prov, members, decile in rows
-    )
+    provinces = [
+        province
+        for province, count in demo.allocate(n_terminals, population, minimum=1).items()
+        for _ in range(count)
+    ]
     conn = await asyncpg.connect(dsn)
     try:
-        await households.import_csv(conn, households.blocks_of(csv.encode()))
-        now = dt.datetime.now(dt.UTC)
-        await tranches.open_tranche(
-            conn,
-            TrancheCreate(
-                name="bench",
-                starts_at=now - dt.timedelta(minutes=1),
-                ends_at=now + dt.timedelta(days=30),
-                categories=["rice", "dairy"],
-                carry_over=False,
-                bands=[Band(up_to_decile=7, per_member_credit=5_000_000)],
-            ),
-        )
-        terminals = []
-        for province, count in demo.allocate(n_terminals, population, minimum=1).items():
-            for i in range(count):
-                mid = await merchants.create_merchant(
-                    conn, MerchantCreate(name=f"bench {province} {i}", province=province)
-                )
-                created = await merchants.create_terminal(conn, mid)
-                terminals.append(Terminal(created.terminal_id, created.secret, province))
+        made = await demo.seed_programme(conn, rows, provinces, name="bench", up_to_decile=7)
     finally:
         await conn.close()
+    terminals = [Terminal(c.terminal_id, c.secret, province) for province, c in made]
     return Population([(nid, prov) for nid, prov, _, _ in rows], terminals)
 
 

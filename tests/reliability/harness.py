@@ -28,10 +28,9 @@ import asyncpg
 import orjson
 from aiohttp.test_utils import TestServer
 
-from coupon import auth, households, merchants, tranches
+from coupon import auth, demo, households
 from coupon.app import create_app
 from coupon.config import Settings
-from coupon.models import Band, MerchantCreate, TrancheCreate
 from coupon.provinces import iran_provinces
 from tests.integration.terminal import invariants
 
@@ -85,33 +84,20 @@ async def seed(dsn: str, n_households: int = 300, n_terminals: int = 8) -> World
     codes = [p.code for p in iran_provinces()]
     step = 10**9 // n_households
     ids = [households.with_check_digit(f"{i * step + 17:09d}") for i in range(n_households)]
-    csv = "national_id,province,members,decile\n" + "".join(
-        f"{nid},{rng.choice(codes)},{rng.randint(1, 4)},{rng.randint(1, 3)}\n" for nid in ids
-    )
+    rows = [(nid, rng.choice(codes), rng.randint(1, 4), rng.randint(1, 3)) for nid in ids]
     conn = await asyncpg.connect(dsn)
     try:
-        await households.import_csv(conn, households.blocks_of(csv.encode()))
-        now = dt.datetime.now(dt.UTC)
-        await tranches.open_tranche(
+        made = await demo.seed_programme(
             conn,
-            TrancheCreate(
-                name="reliability",
-                starts_at=now - dt.timedelta(minutes=5),
-                ends_at=now + dt.timedelta(days=30),
-                categories=["rice", "dairy"],
-                carry_over=False,
-                bands=[Band(up_to_decile=3, per_member_credit=5_000_000)],
-            ),
+            rows,
+            [codes[i % 31] for i in range(n_terminals)],
+            name="reliability",
+            up_to_decile=3,
+            started=dt.timedelta(minutes=5),
         )
-        terminals = []
-        for i in range(n_terminals):
-            mid = await merchants.create_merchant(
-                conn, MerchantCreate(name=f"store {i}", province=codes[i % 31])
-            )
-            created = await merchants.create_terminal(conn, mid)
-            terminals.append(Pos(created.terminal_id, created.secret))
     finally:
         await conn.close()
+    terminals = [Pos(c.terminal_id, c.secret) for _, c in made]
     return World(ids, terminals)
 
 
