@@ -362,8 +362,9 @@ END $$;
 -- The terminal hot path. One call = one round trip = one transaction. Each function records the
 -- request's nonce, serialises on the (terminal, request_id) key with a transaction-scoped
 -- advisory lock (so concurrent duplicates wait and then replay), and stores its answer for
--- idempotent replays. Row locks are always taken in the same order -- entitlement, household,
--- counter shards -- so redemptions and reversals never deadlock.
+-- idempotent replays. Locks are always taken in the same order -- the ledger writers' lock
+-- (shared), the request's key, entitlement, household, counter shards -- so redemptions and
+-- reversals never deadlock; a batch (redeem_many) takes its households in national-id order.
 -- Each returns (http_status, error, body, replayed): error is a stable code when the request is
 -- refused without a stored answer (401, 403, 409, 422), otherwise body is the answer.
 -- ============================================================================================
@@ -382,11 +383,35 @@ BEGIN
     RETURN FOUND;
 END $$;
 
-CREATE OR REPLACE FUNCTION redeem(
+-- Counter deltas, added to one shard. A transaction always takes province_counters rows before
+-- province_counters_all rows, each in (tranche, province) order, so two writers whose backends
+-- share a shard never wait on each other in a cycle.
+CREATE OR REPLACE FUNCTION counters_add(
+    p_shard integer, p_tranche_id bigint, p_province text, p_transactions bigint,
+    p_amount bigint, p_served bigint)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE province_counters
+    SET transactions = transactions + p_transactions, amount = amount + p_amount,
+        served = served + p_served
+    WHERE tranche_id = p_tranche_id AND province = p_province AND shard = p_shard;
+$$;
+
+CREATE OR REPLACE FUNCTION counters_all_add(p_shard integer, p_province text, p_served bigint)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE province_counters_all SET served = served + p_served
+    WHERE province = p_province AND shard = p_shard;
+$$;
+
+-- One redemption without its counter update: the caller adds the deltas it returns (c_*; all
+-- null unless approved) -- at once for a single request, summed at the end for a batch.
+-- The ledger lock comes first, before any row lock: a writer waiting for it behind the sealer
+-- then holds no row another writer could be waiting for.
+CREATE OR REPLACE FUNCTION redeem_row(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
     p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
-    p_shards integer,
-    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean,
+    OUT c_tranche_id bigint, OUT c_province text, OUT c_amount bigint, OUT c_served integer,
+    OUT c_all_province text)
 LANGUAGE plpgsql AS $$
 DECLARE
     prior      terminal_requests%ROWTYPE;
@@ -401,9 +426,9 @@ DECLARE
     hh_open    integer;
     served_in  text;
     entry      record;
-    v_shard    integer := pg_backend_pid() % p_shards;
 BEGIN
     replayed := false;
+    PERFORM ledger_write_lock();
     IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
         http_status := 401; error := 'nonce_reused'; RETURN;
     END IF;
@@ -476,19 +501,15 @@ BEGIN
                                    ELSE served_province END
         WHERE national_id = p_national_id
         RETURNING open_redemptions, served_province INTO hh_open, served_in;
-        PERFORM ledger_write_lock();
         INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
                             tranche_id, amount)
         VALUES ('redemption', p_request_id, p_terminal_id, term.merchant_id, p_national_id,
                 ent.province, tr.id, approved)
         RETURNING seq, created_at INTO entry;
-        UPDATE province_counters
-        SET transactions = transactions + 1, amount = amount + approved,
-            served = served + (ent_open = 1)::int
-        WHERE tranche_id = tr.id AND province = ent.province AND province_counters.shard = v_shard;
+        c_tranche_id := tr.id; c_province := ent.province; c_amount := approved;
+        c_served := (ent_open = 1)::int;
         IF hh_open = 1 THEN
-            UPDATE province_counters_all SET served = served + 1
-            WHERE province = served_in AND province_counters_all.shard = v_shard;
+            c_all_province := served_in;
         END IF;
         http_status := 201;
         body := jsonb_build_object(
@@ -502,6 +523,78 @@ BEGIN
     END IF;
     INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
     VALUES (p_terminal_id, p_request_id, 'redemption', p_body_hash, http_status, body);
+END $$;
+
+-- A single redemption: redeem_row() and its counters, on this backend's shard.
+CREATE OR REPLACE FUNCTION redeem(
+    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
+    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
+    p_shards integer,
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       record;
+    v_shard integer := pg_backend_pid() % p_shards;
+BEGIN
+    r := redeem_row(p_terminal_id, p_nonce, p_request_id, p_body_hash, p_national_id,
+                    p_amount, p_categories, p_allow_partial);
+    IF r.c_tranche_id IS NOT NULL THEN
+        PERFORM counters_add(v_shard, r.c_tranche_id, r.c_province, 1, r.c_amount, r.c_served);
+        IF r.c_all_province IS NOT NULL THEN
+            PERFORM counters_all_add(v_shard, r.c_all_province, 1);
+        END IF;
+    END IF;
+    http_status := r.http_status; error := r.error; body := r.body; replayed := r.replayed;
+END $$;
+
+-- Group commit: many redemptions in one transaction, one round trip and one WAL flush. The
+-- caller sorts them by national id, so two batches lock entitlements and households in one
+-- order; categories come as comma-separated text (an array of arrays must be rectangular).
+-- Counter deltas are summed and added once per (tranche, province) at the end, in key order.
+-- Row n of the result answers element n of the arrays.
+CREATE OR REPLACE FUNCTION redeem_many(
+    p_terminal_ids bigint[], p_nonces text[], p_request_ids text[], p_body_hashes bytea[],
+    p_national_ids text[], p_amounts bigint[], p_categories text[], p_allow_partial boolean[],
+    p_shards integer)
+RETURNS TABLE (n integer, http_status integer, error text, body jsonb, replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r          record;
+    d          record;
+    v_shard    integer := pg_backend_pid() % p_shards;
+    d_tranche  bigint[] := '{}';
+    d_province text[] := '{}';
+    d_amount   bigint[] := '{}';
+    d_served   integer[] := '{}';
+    d_all      text[] := '{}';
+BEGIN
+    FOR i IN 1 .. cardinality(p_terminal_ids) LOOP
+        r := redeem_row(p_terminal_ids[i], p_nonces[i], p_request_ids[i], p_body_hashes[i],
+                        p_national_ids[i], p_amounts[i],
+                        string_to_array(p_categories[i], ','), p_allow_partial[i]);
+        IF r.c_tranche_id IS NOT NULL THEN
+            d_tranche := d_tranche || r.c_tranche_id;
+            d_province := d_province || r.c_province;
+            d_amount := d_amount || r.c_amount;
+            d_served := d_served || r.c_served;
+            IF r.c_all_province IS NOT NULL THEN
+                d_all := d_all || r.c_all_province;
+            END IF;
+        END IF;
+        n := i; http_status := r.http_status; error := r.error; body := r.body;
+        replayed := r.replayed;
+        RETURN NEXT;
+    END LOOP;
+    FOR d IN SELECT u.t, u.p, count(*) AS tx, sum(u.a)::bigint AS amount,
+                    sum(u.s) AS served
+             FROM unnest(d_tranche, d_province, d_amount, d_served) AS u(t, p, a, s)
+             GROUP BY u.t, u.p ORDER BY u.t, u.p LOOP
+        PERFORM counters_add(v_shard, d.t, d.p, d.tx, d.amount, d.served);
+    END LOOP;
+    FOR d IN SELECT u.p, count(*) AS served FROM unnest(d_all) AS u(p)
+             GROUP BY u.p ORDER BY u.p LOOP
+        PERFORM counters_all_add(v_shard, d.p, d.served);
+    END LOOP;
 END $$;
 
 CREATE OR REPLACE FUNCTION reverse(
@@ -521,6 +614,7 @@ DECLARE
     v_shard    integer := pg_backend_pid() % p_shards;
 BEGIN
     replayed := false;
+    PERFORM ledger_write_lock();  -- first, as in redeem_row()
     IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
         http_status := 401; error := 'nonce_reused'; RETURN;
     END IF;
@@ -582,20 +676,15 @@ BEGIN
         FROM (SELECT served_province FROM households WHERE national_id = orig.national_id) old
         WHERE h.national_id = orig.national_id
         RETURNING h.open_redemptions, old.served_province INTO hh_open, served_in;
-        PERFORM ledger_write_lock();
         INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
                             tranche_id, amount, reverses)
         VALUES ('reversal', p_request_id, p_terminal_id, orig.merchant_id, orig.national_id,
                 orig.province, orig.tranche_id, orig.amount, orig.seq)
         RETURNING seq, created_at INTO entry;
-        UPDATE province_counters
-        SET transactions = transactions - 1, amount = amount - orig.amount,
-            served = served - (ent_open = 0)::int
-        WHERE tranche_id = orig.tranche_id AND province = orig.province
-          AND province_counters.shard = v_shard;
+        PERFORM counters_add(v_shard, orig.tranche_id, orig.province, -1, -orig.amount,
+                             -(ent_open = 0)::int);
         IF hh_open = 0 THEN
-            UPDATE province_counters_all SET served = served - 1
-            WHERE province = served_in AND province_counters_all.shard = v_shard;
+            PERFORM counters_all_add(v_shard, served_in, -1);
         END IF;
         http_status := 201;
         body := jsonb_build_object(

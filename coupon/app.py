@@ -18,6 +18,7 @@ from coupon.api.middleware import access_log, handle_errors
 from coupon.api.routes import ROUTES
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
+from coupon.redemption import RedemptionBatcher
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +66,16 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         app[keys.POOL] = await db.create_pool(dsn, settings)
         async with app[keys.POOL].acquire() as conn:
             app[keys.SHARDS] = await db.counter_shards(conn)
+        app[keys.BATCHER] = RedemptionBatcher(
+            app[keys.POOL],
+            app[keys.SHARDS],
+            max_size=settings.batch_max_size,
+            connections=settings.batch_connections,
+            on_batch=app[keys.METRICS].batch_size.observe,
+        )
         yield
         # runs after in-flight requests have finished (aiohttp's shutdown order)
+        await app[keys.BATCHER].close()
         await db.close_pool(app[keys.POOL], settings.db_timeout)
 
     async def prune_nonces() -> None:

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # seconds a request waits for a pool connection, a new connection, or one statement before
     # it answers 503 (a POS retries the same request; replays are idempotent)
     db_timeout: float = 5.0
+    # group commit (issue 6): redemptions per transaction at most, and how many such
+    # transactions one process keeps at the database at once (1 = no batching at all)
+    batch_max_size: int = 64
+    batch_connections: int = 4
     # seconds a terminal's clock may be off (SPEC: 300)
     clock_skew: int = 300
     # counter shards per province; more shards, less lock contention between writers

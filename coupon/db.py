@@ -262,6 +262,15 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def never_applied(exc: BaseException) -> bool:
+    """True when a failed statement certainly committed nothing: the server refused it (its
+    transaction rolled back), or the driver never sent it. A lost connection, a shutdown or a
+    timeout leave a statement's fate unknown: False."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] not in ("08", "57", "58")
+    return isinstance(exc, _ARGUMENT_ERROR)
+
+
 def translate(exc: BaseException) -> errors.CouponError | None:
     """The domain error a driver error means, or None when it is a bug."""
     if isinstance(exc, asyncpg.PostgresError):

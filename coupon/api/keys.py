@@ -10,6 +10,7 @@ from coupon import db, live
 from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
+from coupon.redemption import RedemptionBatcher
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -19,6 +20,8 @@ METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
 # the live counters: stats publisher, listener and SSE fan-out of this process
 LIVE = web.AppKey("live", live.Hub)
+# group commit of this process's redemptions
+BATCHER = web.AppKey("redemption_batcher", RedemptionBatcher)
 # counter shards per province, as the database was initialised
 SHARDS = web.AppKey("counter_shards", int)
 # per request: fields the handler adds to the request's log line

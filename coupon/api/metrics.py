@@ -31,6 +31,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "coupon_redemption_batch_size",
+            "Redemptions committed together in one transaction (group commit)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.stream_clients = Gauge(
             "coupon_stats_stream_clients",
             "Open /v1/stats/stream connections of this process",

@@ -55,10 +55,8 @@ async def create_redemption(request: web.Request) -> web.Response:
     _json_body(request)
     payload = parse_json(body, RedemptionRequest)
     request[keys.LOG]["request_id"] = payload.request_id
-    async with request.app[keys.POOL].acquire() as conn:
-        outcome = await redemption.redeem(
-            conn, signed.terminal_id, signed.nonce, payload, request.app[keys.SHARDS]
-        )
+    batcher = request.app[keys.BATCHER]
+    outcome = await batcher.redeem(signed.terminal_id, signed.nonce, payload)
     return _answer(request, "redemption", outcome)
 
 

@@ -289,6 +289,11 @@ SELECT secret FROM terminals WHERE id = $1;
 SELECT http_status, error, body, replayed
 FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
+-- name: redeem_many
+-- Group commit: many redemptions, one round trip, one transaction (SQL function redeem_many()).
+SELECT n, http_status, error, body, replayed
+FROM redeem_many($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
 -- name: reverse
 -- A reversal of this terminal's earlier redemption (SQL function reverse()).
 SELECT http_status, error, body, replayed FROM reverse($1, $2, $3, $4, $5, $6);

@@ -97,8 +97,10 @@ async def test_the_dashboard_signs_in_streams_and_speaks_both_languages(
     assert await page.text_content("label[for=token]") == "توکن اپراتور را وارد کنید"
     await page.fill("#token", "wrong-token")
     await page.click("#login-submit")
+    # a function, not an expression: polling an expression evals a string, which the page's
+    # CSP (no 'unsafe-eval') refuses whenever the text is not there at the first look
     await page.wait_for_function(
-        "document.getElementById('login-error').textContent.includes('نامعتبر')"
+        "() => document.getElementById('login-error').textContent.includes('نامعتبر')"
     )
     await page.fill("#token", operator["Authorization"].removeprefix("Bearer "))
     await page.click("#login-submit")
@@ -176,7 +178,7 @@ async def test_the_dashboard_signs_in_streams_and_speaks_both_languages(
 async def test_solar_hijri_dates_match_jdatetime(client: Client, browser: Any, moment: str) -> None:
     page = await browser.new_page()
     await page.goto(str(client.make_url("/dashboard")))
-    await page.wait_for_function("window.kalabarg !== undefined")
+    await page.wait_for_function("() => window.kalabarg !== undefined")
     at = dt.datetime.fromisoformat(moment)
     local = at.astimezone(TEHRAN)
     expected = solar_hijri(at)

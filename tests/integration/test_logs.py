@@ -128,7 +128,7 @@ async def test_the_503_and_500_paths_log_no_secrets(
         async def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError(f"boom {nid} {world.terminal.secret} {dsn}")
 
-        monkeypatch.setattr(redemption, "redeem", broken)
+        monkeypatch.setattr(redemption.RedemptionBatcher, "redeem", broken)
         resp = await pos.redeem(nid, 1000, request_id="bug-1")
         assert resp.status == 500 and resp.body["error"]["code"] == "internal_error"
         assert "boom" not in json.dumps(resp.body)
