@@ -402,156 +402,16 @@ RETURNS void LANGUAGE sql AS $$
     WHERE province = p_province AND shard = p_shard;
 $$;
 
--- One redemption without its counter update: the caller adds the deltas it returns (c_*; all
--- null unless approved) -- at once for a single request, summed at the end for a batch.
--- The ledger lock comes first, before any row lock: a writer waiting for it behind the sealer
--- then holds no row another writer could be waiting for.
-CREATE OR REPLACE FUNCTION redeem_row(
-    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
-    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
-    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean,
-    OUT c_tranche_id bigint, OUT c_province text, OUT c_amount bigint, OUT c_served integer,
-    OUT c_all_province text)
-LANGUAGE plpgsql AS $$
-DECLARE
-    prior      terminal_requests%ROWTYPE;
-    term       record;
-    hh         record;
-    tr         record;
-    ent        record;
-    reason     text;
-    approved   bigint;
-    remaining  bigint;
-    ent_open   integer;
-    hh_open    integer;
-    served_in  text;
-    entry      record;
-BEGIN
-    replayed := false;
-    PERFORM ledger_write_lock();
-    IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
-        http_status := 401; error := 'nonce_reused'; RETURN;
-    END IF;
-    PERFORM terminal_request_lock(p_terminal_id, p_request_id);
-    SELECT * INTO prior FROM terminal_requests
-    WHERE terminal_id = p_terminal_id AND request_id = p_request_id;
-    IF FOUND THEN
-        IF prior.kind <> 'redemption' OR prior.body_hash <> p_body_hash THEN
-            http_status := 409; error := 'idempotency_conflict'; RETURN;
-        END IF;
-        http_status := prior.http_status; body := prior.response; replayed := true; RETURN;
-    END IF;
-
-    SELECT t.status AS terminal_status, t.merchant_id, m.status AS merchant_status INTO term
-    FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
-    IF term.terminal_status <> 'active' THEN
-        reason := 'terminal_suspended';
-    ELSIF term.merchant_status <> 'active' THEN
-        reason := 'merchant_suspended';
-    ELSIF EXISTS (SELECT FROM pending_reversals
-                  WHERE terminal_id = p_terminal_id AND original_request_id = p_request_id) THEN
-        reason := 'reversed';
-    END IF;
-    IF reason IS NULL THEN
-        SELECT status INTO hh FROM households WHERE national_id = p_national_id;
-        IF NOT FOUND THEN
-            reason := 'household_not_found';
-        ELSIF hh.status <> 'active' THEN
-            reason := 'household_suspended';
-        END IF;
-    END IF;
-    IF reason IS NULL THEN
-        SELECT id, categories INTO tr FROM tranches
-        WHERE tstzrange(starts_at, ends_at) @> now();
-        IF NOT FOUND THEN
-            reason := 'no_active_tranche';
-        END IF;
-    END IF;
-    IF reason IS NULL THEN
-        SELECT balance, opens_at, province INTO ent FROM entitlements
-        WHERE national_id = p_national_id AND tranche_id = tr.id
-        FOR UPDATE;
-        IF NOT FOUND THEN
-            reason := 'not_eligible';
-        ELSIF now() < ent.opens_at THEN
-            reason := 'not_open_yet';
-        ELSIF NOT (p_categories <@ tr.categories) THEN
-            reason := 'category_not_allowed';
-        ELSIF ent.balance >= p_amount THEN
-            approved := p_amount;
-        ELSIF p_allow_partial AND ent.balance > 0 THEN
-            approved := ent.balance;
-        ELSE
-            reason := 'insufficient_balance';
-        END IF;
-    END IF;
-
-    IF reason IS NOT NULL THEN
-        http_status := 402;
-        body := jsonb_build_object('status', 'declined', 'reason', reason,
-                                   'request_id', p_request_id);
-    ELSE
-        UPDATE entitlements
-        SET balance = balance - approved, open_redemptions = open_redemptions + 1
-        WHERE national_id = p_national_id AND tranche_id = tr.id
-        RETURNING balance, open_redemptions INTO remaining, ent_open;
-        UPDATE households
-        SET open_redemptions = open_redemptions + 1,
-            served_province = CASE WHEN open_redemptions = 0 THEN ent.province
-                                   ELSE served_province END
-        WHERE national_id = p_national_id
-        RETURNING open_redemptions, served_province INTO hh_open, served_in;
-        INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
-                            tranche_id, amount)
-        VALUES ('redemption', p_request_id, p_terminal_id, term.merchant_id, p_national_id,
-                ent.province, tr.id, approved)
-        RETURNING seq, created_at INTO entry;
-        c_tranche_id := tr.id; c_province := ent.province; c_amount := approved;
-        c_served := (ent_open = 1)::int;
-        IF hh_open = 1 THEN
-            c_all_province := served_in;
-        END IF;
-        http_status := 201;
-        body := jsonb_build_object(
-            'redemption_id', entry.seq, 'request_id', p_request_id, 'status', 'approved',
-            'national_id', p_national_id, 'amount', approved, 'remaining', remaining,
-            'tranche_id', tr.id, 'province', ent.province, 'merchant_id', term.merchant_id,
-            'terminal_id', p_terminal_id, 'created_at', entry.created_at);
-        IF p_allow_partial THEN
-            body := body || jsonb_build_object('requested_amount', p_amount);
-        END IF;
-    END IF;
-    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
-    VALUES (p_terminal_id, p_request_id, 'redemption', p_body_hash, http_status, body);
-END $$;
-
--- A single redemption: redeem_row() and its counters, on this backend's shard.
-CREATE OR REPLACE FUNCTION redeem(
-    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
-    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
-    p_shards integer,
-    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
-LANGUAGE plpgsql AS $$
-DECLARE
-    r       record;
-    v_shard integer := pg_backend_pid() % p_shards;
-BEGIN
-    r := redeem_row(p_terminal_id, p_nonce, p_request_id, p_body_hash, p_national_id,
-                    p_amount, p_categories, p_allow_partial);
-    IF r.c_tranche_id IS NOT NULL THEN
-        PERFORM counters_add(v_shard, r.c_tranche_id, r.c_province, 1, r.c_amount, r.c_served);
-        IF r.c_all_province IS NOT NULL THEN
-            PERFORM counters_all_add(v_shard, r.c_all_province, 1);
-        END IF;
-    END IF;
-    http_status := r.http_status; error := r.error; body := r.body; replayed := r.replayed;
-END $$;
-
--- Group commit: many redemptions in one transaction, one round trip and one WAL flush. The
--- caller sorts them by national id, so two batches lock entitlements and households in one
--- order; categories come as comma-separated text (an array of arrays must be rectangular).
--- Counter deltas are summed and added once per (tranche, province) at the end, in key order.
--- Row n of the result answers element n of the arrays.
+-- Redemptions, many at once: one round trip, one transaction, one WAL flush for all (group
+-- commit), set-based -- one statement per step for the whole batch, not per redemption. The
+-- answers are those of running the elements one after another in (national id, position)
+-- order: a household's redemptions see each other's balance, a repeated request_id replays the
+-- first one's answer, a repeated nonce is refused. Row n of the result answers element n.
+-- Locks, in the order every writer takes them: the ledger writers' lock, the request keys
+-- (by terminal, request id: reverse() takes its two in that order too), the batch's
+-- entitlements (by national id), their households (only ever reached through a locked
+-- entitlement), counter shards (by tranche, province). Categories come as comma-separated text
+-- (an array of arrays must be rectangular).
 CREATE OR REPLACE FUNCTION redeem_many(
     p_terminal_ids bigint[], p_nonces text[], p_request_ids text[], p_body_hashes bytea[],
     p_national_ids text[], p_amounts bigint[], p_categories text[], p_allow_partial boolean[],
@@ -559,43 +419,223 @@ CREATE OR REPLACE FUNCTION redeem_many(
 RETURNS TABLE (n integer, http_status integer, error text, body jsonb, replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
-    r          record;
-    d          record;
-    v_shard    integer := pg_backend_pid() % p_shards;
-    d_tranche  bigint[] := '{}';
-    d_province text[] := '{}';
-    d_amount   bigint[] := '{}';
-    d_served   integer[] := '{}';
-    d_all      text[] := '{}';
+    v_shard   integer := pg_backend_pid() % p_shards;
+    tr        record;
+    r         record;
+    d         record;
+    fresh_t   bigint[];
+    fresh_n   text[];
+    -- the answer of each element
+    a_status  integer[] := array_fill(NULL::integer, ARRAY[cardinality(p_terminal_ids)]);
+    a_error   text[] := array_fill(NULL::text, ARRAY[cardinality(p_terminal_ids)]);
+    a_body    jsonb[] := array_fill(NULL::jsonb, ARRAY[cardinality(p_terminal_ids)]);
+    a_replay  boolean[] := array_fill(false, ARRAY[cardinality(p_terminal_ids)]);
+    stored    integer[] := '{}';  -- elements whose answer is new: stored for replays
+    copies    integer[] := '{}';  -- repeats of an element of this batch, and of which
+    copy_of   integer[] := '{}';
+    -- approvals, in walk order
+    ok_i      integer[] := '{}';
+    ok_amount bigint[] := '{}';
+    ok_left   bigint[] := '{}';
+    ok_merchant bigint[] := '{}';
+    ok_province text[] := '{}';
+    seqs      bigint[];
+    cur_nid   text;
+    bal       bigint;
+    reason    text;
+    approved  bigint;
+    i         integer;
 BEGIN
-    FOR i IN 1 .. cardinality(p_terminal_ids) LOOP
-        r := redeem_row(p_terminal_ids[i], p_nonces[i], p_request_ids[i], p_body_hashes[i],
-                        p_national_ids[i], p_amounts[i],
-                        string_to_array(p_categories[i], ','), p_allow_partial[i]);
-        IF r.c_tranche_id IS NOT NULL THEN
-            d_tranche := d_tranche || r.c_tranche_id;
-            d_province := d_province || r.c_province;
-            d_amount := d_amount || r.c_amount;
-            d_served := d_served || r.c_served;
-            IF r.c_all_province IS NOT NULL THEN
-                d_all := d_all || r.c_all_province;
+    PERFORM ledger_write_lock();
+    PERFORM terminal_request_lock(k.t, k.r)
+    FROM (SELECT DISTINCT u.t, u.r FROM unnest(p_terminal_ids, p_request_ids) AS u(t, r)
+          ORDER BY u.t, u.r) k;
+    WITH ins AS (
+        INSERT INTO terminal_nonces (terminal_id, nonce)
+        SELECT DISTINCT u.t, u.nc FROM unnest(p_terminal_ids, p_nonces) AS u(t, nc)
+        ON CONFLICT DO NOTHING
+        RETURNING terminal_id, nonce)
+    SELECT array_agg(ins.terminal_id), array_agg(ins.nonce) INTO fresh_t, fresh_n FROM ins;
+    SELECT t.id, t.categories INTO tr FROM tranches t
+    WHERE tstzrange(t.starts_at, t.ends_at) @> now();
+    IF tr.id IS NOT NULL THEN
+        PERFORM FROM entitlements e
+        WHERE e.tranche_id = tr.id AND e.national_id = ANY (p_national_ids)
+        ORDER BY e.national_id FOR UPDATE;
+    END IF;
+
+    FOR r IN
+        WITH u AS (
+            SELECT x.i::integer AS i, x.t, x.nc, x.rid, x.nid,
+                   (f.t IS NOT NULL AND row_number() OVER (
+                        PARTITION BY x.t, x.nc ORDER BY x.nid, x.i) = 1) AS nonce_ok
+            FROM unnest(p_terminal_ids, p_nonces, p_request_ids, p_national_ids)
+                 WITH ORDINALITY AS x(t, nc, rid, nid, i)
+            LEFT JOIN unnest(fresh_t, fresh_n) AS f(t, nc) ON f.t = x.t AND f.nc = x.nc),
+        w AS (
+            SELECT u.*, first_value(u.i) OVER (
+                       PARTITION BY u.t, u.rid, u.nonce_ok ORDER BY u.nid, u.i) AS first_i
+            FROM u)
+        SELECT w.i, w.nid, w.nonce_ok, w.first_i,
+               pr.kind AS prior_kind, pr.body_hash AS prior_hash,
+               pr.http_status AS prior_status, pr.response AS prior_response,
+               tm.status AS terminal_status, tm.merchant_id, m.status AS merchant_status,
+               EXISTS (SELECT FROM pending_reversals pv
+                       WHERE pv.terminal_id = w.t AND pv.original_request_id = w.rid) AS reversed,
+               h.status AS household_status, e.balance, e.opens_at, e.province
+        FROM w
+        LEFT JOIN terminal_requests pr ON pr.terminal_id = w.t AND pr.request_id = w.rid
+        LEFT JOIN terminals tm ON tm.id = w.t
+        LEFT JOIN merchants m ON m.id = tm.merchant_id
+        LEFT JOIN households h ON h.national_id = w.nid
+        LEFT JOIN entitlements e ON e.national_id = w.nid AND e.tranche_id = tr.id
+        ORDER BY w.nid, w.i
+    LOOP
+        i := r.i;
+        IF NOT r.nonce_ok THEN
+            a_status[i] := 401; a_error[i] := 'nonce_reused'; CONTINUE;
+        END IF;
+        IF r.prior_kind IS NOT NULL THEN
+            IF r.prior_kind <> 'redemption' OR r.prior_hash <> p_body_hashes[i] THEN
+                a_status[i] := 409; a_error[i] := 'idempotency_conflict'; CONTINUE;
+            END IF;
+            a_status[i] := r.prior_status; a_body[i] := r.prior_response; a_replay[i] := true;
+            CONTINUE;
+        END IF;
+        IF r.first_i <> i THEN
+            IF p_body_hashes[r.first_i] <> p_body_hashes[i] THEN
+                a_status[i] := 409; a_error[i] := 'idempotency_conflict'; CONTINUE;
+            END IF;
+            copies := copies || i; copy_of := copy_of || r.first_i;  -- answered at the end
+            CONTINUE;
+        END IF;
+
+        IF cur_nid IS DISTINCT FROM r.nid THEN
+            cur_nid := r.nid; bal := r.balance;
+        END IF;
+        approved := NULL;
+        reason := CASE
+            WHEN r.terminal_status <> 'active' THEN 'terminal_suspended'
+            WHEN r.merchant_status <> 'active' THEN 'merchant_suspended'
+            WHEN r.reversed THEN 'reversed'
+            WHEN r.household_status IS NULL THEN 'household_not_found'
+            WHEN r.household_status <> 'active' THEN 'household_suspended'
+            WHEN tr.id IS NULL THEN 'no_active_tranche'
+            WHEN r.balance IS NULL THEN 'not_eligible'
+            WHEN now() < r.opens_at THEN 'not_open_yet'
+            WHEN NOT (string_to_array(p_categories[i], ',') <@ tr.categories)
+                THEN 'category_not_allowed'
+        END;
+        IF reason IS NULL THEN
+            IF bal >= p_amounts[i] THEN
+                approved := p_amounts[i];
+            ELSIF p_allow_partial[i] AND bal > 0 THEN
+                approved := bal;
+            ELSE
+                reason := 'insufficient_balance';
             END IF;
         END IF;
-        n := i; http_status := r.http_status; error := r.error; body := r.body;
-        replayed := r.replayed;
-        RETURN NEXT;
+        stored := stored || i;
+        IF reason IS NOT NULL THEN
+            a_status[i] := 402;
+            a_body[i] := jsonb_build_object('status', 'declined', 'reason', reason,
+                                            'request_id', p_request_ids[i]);
+        ELSE
+            bal := bal - approved;
+            a_status[i] := 201;
+            ok_i := ok_i || i; ok_amount := ok_amount || approved; ok_left := ok_left || bal;
+            ok_merchant := ok_merchant || r.merchant_id; ok_province := ok_province || r.province;
+        END IF;
     END LOOP;
-    FOR d IN SELECT u.t, u.p, count(*) AS tx, sum(u.a)::bigint AS amount,
-                    sum(u.s) AS served
-             FROM unnest(d_tranche, d_province, d_amount, d_served) AS u(t, p, a, s)
-             GROUP BY u.t, u.p ORDER BY u.t, u.p LOOP
-        PERFORM counters_add(v_shard, d.t, d.p, d.tx, d.amount, d.served);
+
+    IF cardinality(ok_i) > 0 THEN
+        WITH ins AS (
+            INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                                tranche_id, amount)
+            SELECT 'redemption', p_request_ids[x.i], p_terminal_ids[x.i], x.merchant,
+                   p_national_ids[x.i], x.province, tr.id, x.amount
+            FROM unnest(ok_i, ok_amount, ok_merchant, ok_province) WITH ORDINALITY
+                 AS x(i, amount, merchant, province, k)
+            ORDER BY x.k
+            RETURNING seq, terminal_id, request_id)
+        SELECT array_agg(ins.seq ORDER BY x.k) INTO seqs
+        FROM ins JOIN unnest(ok_i) WITH ORDINALITY AS x(i, k)
+          ON ins.terminal_id = p_terminal_ids[x.i] AND ins.request_id = p_request_ids[x.i];
+        FOR k IN 1 .. cardinality(ok_i) LOOP
+            i := ok_i[k];
+            a_body[i] := jsonb_build_object(
+                'redemption_id', seqs[k], 'request_id', p_request_ids[i], 'status', 'approved',
+                'national_id', p_national_ids[i], 'amount', ok_amount[k],
+                'remaining', ok_left[k], 'tranche_id', tr.id, 'province', ok_province[k],
+                'merchant_id', ok_merchant[k], 'terminal_id', p_terminal_ids[i],
+                'created_at', now());
+            IF p_allow_partial[i] THEN
+                a_body[i] := a_body[i] || jsonb_build_object('requested_amount', p_amounts[i]);
+            END IF;
+        END LOOP;
+
+        -- balances and open redemptions per household, and who became served (0 -> some):
+        -- counters once per (tranche, province) and per province, in key order
+        FOR d IN
+            WITH spent AS (
+                SELECT p_national_ids[x.i] AS nid, sum(x.amount)::bigint AS amount,
+                       count(*)::integer AS k
+                FROM unnest(ok_i, ok_amount) AS x(i, amount) GROUP BY 1),
+            ent AS (
+                UPDATE entitlements e
+                SET balance = e.balance - s.amount, open_redemptions = e.open_redemptions + s.k
+                FROM spent s WHERE e.national_id = s.nid AND e.tranche_id = tr.id
+                RETURNING e.national_id, e.province, s.amount, s.k,
+                          e.open_redemptions = s.k AS newly_served),
+            hh AS (
+                UPDATE households h
+                SET open_redemptions = h.open_redemptions + ent.k,
+                    served_province = CASE WHEN h.open_redemptions = 0 THEN ent.province
+                                           ELSE h.served_province END
+                FROM ent WHERE h.national_id = ent.national_id
+                RETURNING h.served_province, h.open_redemptions = ent.k AS newly_served)
+            SELECT 1 AS part, ent.province, sum(ent.k)::bigint AS tx,
+                   sum(ent.amount)::bigint AS amount,
+                   count(*) FILTER (WHERE ent.newly_served) AS served
+            FROM ent GROUP BY ent.province
+            UNION ALL
+            SELECT 2, hh.served_province, 0, 0, count(*)
+            FROM hh WHERE hh.newly_served GROUP BY hh.served_province
+            ORDER BY 1, 2
+        LOOP
+            IF d.part = 1 THEN
+                PERFORM counters_add(v_shard, tr.id, d.province, d.tx, d.amount, d.served);
+            ELSE
+                PERFORM counters_all_add(v_shard, d.province, d.served);
+            END IF;
+        END LOOP;
+    END IF;
+    FOR k IN 1 .. cardinality(copies) LOOP
+        a_status[copies[k]] := a_status[copy_of[k]];
+        a_body[copies[k]] := a_body[copy_of[k]];
+        a_replay[copies[k]] := true;
     END LOOP;
-    FOR d IN SELECT u.p, count(*) AS served FROM unnest(d_all) AS u(p)
-             GROUP BY u.p ORDER BY u.p LOOP
-        PERFORM counters_all_add(v_shard, d.p, d.served);
-    END LOOP;
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
+    SELECT p_terminal_ids[x.i], p_request_ids[x.i], 'redemption', p_body_hashes[x.i],
+           a_status[x.i], a_body[x.i]
+    FROM unnest(stored) AS x(i);
+    RETURN QUERY SELECT x.i::integer, a_status[x.i], a_error[x.i], a_body[x.i], a_replay[x.i]
+                 FROM generate_subscripts(p_terminal_ids, 1) AS x(i);
 END $$;
+
+-- A single redemption: a batch of one.
+CREATE OR REPLACE FUNCTION redeem(
+    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
+    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
+    p_shards integer,
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE sql AS $$
+    SELECT r.http_status, r.error, r.body, r.replayed
+    FROM redeem_many(ARRAY[p_terminal_id], ARRAY[p_nonce], ARRAY[p_request_id],
+                     ARRAY[p_body_hash], ARRAY[p_national_id], ARRAY[p_amount],
+                     ARRAY[array_to_string(p_categories, ',')], ARRAY[p_allow_partial],
+                     p_shards) AS r;
+$$;
 
 CREATE OR REPLACE FUNCTION reverse(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
@@ -614,7 +654,7 @@ DECLARE
     v_shard    integer := pg_backend_pid() % p_shards;
 BEGIN
     replayed := false;
-    PERFORM ledger_write_lock();  -- first, as in redeem_row()
+    PERFORM ledger_write_lock();  -- first, as in redeem_many()
     IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
         http_status := 401; error := 'nonce_reused'; RETURN;
     END IF;

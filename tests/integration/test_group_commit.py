@@ -5,11 +5,15 @@ the batch (members go again one by one) or its fate is unknown (all fail, none i
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 import uuid
 from collections import defaultdict
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 import pytest
 
 from coupon import db, errors
@@ -18,7 +22,10 @@ from coupon.app import create_app
 from coupon.config import Settings
 from coupon.models import RedemptionRequest
 from coupon.redemption import Outcome, RedemptionBatcher
+from tests.integration.helpers import national_ids
 from tests.integration.terminal import Client, World, invariants, make_world
+
+T = TypeVar("T")
 
 
 def batch_sizes(client: Client) -> dict[float, float]:
@@ -173,3 +180,98 @@ async def test_a_batch_of_unknown_fate_fails_whole_and_is_not_retried(
     assert await conn.fetchval("SELECT count(*) FROM ledger") == 0
     assert await conn.fetchval("SELECT count(*) FROM terminal_nonces") == 0
     assert batch_sizes(client)[1.0] == 0
+
+
+MANY = "SELECT * FROM redeem_many($1, $2, $3, $4, $5, $6, $7, $8, $9) ORDER BY n"
+ONE = "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
+async def rolled_back(conn: asyncpg.Connection, work: Callable[[], Awaitable[T]]) -> T:
+    """work() in a transaction that is rolled back: both runs start from the same data."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        return await work()
+    finally:
+        await tx.rollback()
+
+
+def comparable(body: Any) -> Any:
+    """An answer without what differs between two runs of the same work (ids, timestamps)."""
+    if isinstance(body, str):
+        body = orjson.loads(body)  # jsonb as text: this connection has no codec for it
+    if not isinstance(body, dict):
+        return body
+    return {k: v for k, v in body.items() if k not in ("redemption_id", "created_at")}
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_batch_answers_as_if_its_members_ran_one_by_one(
+    client: Client, operator: dict[str, str], conn: asyncpg.Connection, seed: int
+) -> None:
+    """The set-based redeem_many() against redeem() called once per element, in the order the
+    batch promises (national id, then position), on the same data: every answer equal."""
+    world = await make_world(client, operator, n=6, members=1, categories=["rice", "dairy"])
+    nids = list(world.credit)
+    await conn.execute("UPDATE households SET status = 'suspended' WHERE national_id = $1", nids[5])
+    stranger = national_ids(1, seed=99)[0]  # valid, never imported
+    tid = world.terminal.terminal_id
+    await conn.execute(
+        "INSERT INTO pending_reversals (terminal_id, original_request_id, request_id)"
+        " VALUES ($1, 'voided', 'v-1')",
+        tid,
+    )
+    rng = random.Random(seed)
+    rows: list[tuple[Any, ...]] = []
+    for i in range(48):
+        nid = rng.choice([*nids, stranger])
+        amount = rng.choice([100_000, 900_000, 2_000_000, 4_999_999, 5_000_000])
+        rid = rng.choice(["voided", f"dup-{i % 5}", f"r-{i}", f"r-{i}", f"r-{i}"])
+        cats = rng.choice(["", "rice", "dairy,rice", "eggs"])
+        partial = rng.random() < 0.3
+        if rid.startswith("dup-") and rows and rng.random() < 0.7:
+            same = next((r for r in rows if r[2] == rid), None)
+            if same is not None:  # a retry: the same body under a fresh nonce
+                nid, amount, cats, partial = same[4], same[5], same[6], same[7]
+        nonce = rows[-1][1] if rows and rng.random() < 0.1 else f"n-{seed}-{i}"
+        body_hash = hashlib.sha256(f"{rid}|{nid}|{amount}|{cats}|{partial}".encode()).digest()
+        rows.append((tid, nonce, rid, body_hash, nid, amount, cats, partial))
+    nonces = [r[1] for r in rows]
+    first = next(r for r in rows if r[2].startswith("r-") and nonces.count(r[1]) == 1)
+    rows.append((*first[:1], f"n-{seed}-retry", *first[2:]))  # at least one retry
+    columns = [list(c) for c in zip(*rows, strict=True)]
+
+    async def batch_of_all() -> list[Any]:
+        answers = await conn.fetch(MANY, *columns, 4)
+        await invariants(conn)
+        return list(answers)
+
+    async def one_by_one() -> dict[int, Any]:
+        # the order the batch promises: by national id, then position
+        answers = {}
+        for k in sorted(range(len(rows)), key=lambda k: (rows[k][4], k)):
+            t, nonce, rid, bh, nid, amount, cats, partial = rows[k]
+            categories = cats.split(",") if cats else []
+            answers[k] = await conn.fetchrow(
+                ONE, t, nonce, rid, bh, nid, amount, categories, partial, 4
+            )
+        await invariants(conn)
+        return answers
+
+    batch = await rolled_back(conn, batch_of_all)
+    singles = await rolled_back(conn, one_by_one)
+    statuses = set()
+    for k, got in enumerate(batch):
+        want = singles[k]
+        statuses.add(got["http_status"])
+        assert (got["http_status"], got["error"], got["replayed"]) == (
+            want["http_status"],
+            want["error"],
+            want["replayed"],
+        ), (k, rows[k])
+        assert comparable(got["body"]) == comparable(want["body"]), (k, rows[k])
+    # the draw exercised approvals, declines, replays, conflicts and reused nonces
+    assert {201, 402, 401, 409} <= statuses
+    assert any(r["replayed"] for r in batch)
+    reasons = {orjson.loads(r["body"]).get("reason") for r in batch if r["http_status"] == 402}
+    assert {"insufficient_balance", "household_not_found", "reversed"} <= reasons, reasons
