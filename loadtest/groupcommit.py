@@ -1,11 +1,11 @@
-"""What group commit could give: redeem() B at a time, in one round trip and one commit.
+"""What group commit gives at the database alone: B redemptions per redeem_many() call (the
+service's statement), in one round trip and one commit.
 
     python -m loadtest.groupcommit --batches 1,8,32,1 --seconds 10
 
-From 8 connections, each transaction runs B redeem() calls in one statement (unnest + LATERAL),
-so B redemptions share one round trip and one WAL flush. Batches are sorted by (province,
-national id) so that concurrent batches take their row locks in one order (no deadlocks).
-B = 1 is today's path. Prints redemptions/s per B in the same database, one after another.
+From 8 connections, each transaction redeems B households in one statement, so B redemptions
+share one round trip and one WAL flush. B = 1 is one redemption per transaction. Prints
+redemptions/s per B in the same database, one after another.
 """
 
 from __future__ import annotations
@@ -27,12 +27,9 @@ from loadtest.redeem import check_invariants
 
 SHARDS = 16
 BATCH = """
-SELECT r.http_status FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[],
-                                 $6::bigint[]) WITH ORDINALITY
-       AS u(terminal_id, nonce, request_id, body_hash, national_id, amount, n)
-CROSS JOIN LATERAL redeem(u.terminal_id, u.nonce, u.request_id, u.body_hash, u.national_id,
-                          u.amount, '{}'::text[], false, $7) AS r
-ORDER BY u.n
+SELECT http_status FROM redeem_many($1::bigint[], $2::text[], $3::text[], $4::bytea[],
+                                    $5::text[], $6::bigint[], $7::text[], $8::boolean[], $9)
+ORDER BY n
 """
 
 
@@ -50,7 +47,7 @@ async def loop(
         deadline = time.perf_counter() + seconds
         try:
             while time.perf_counter() < deadline:
-                picks = sorted(rng.sample(pop.households, batch), key=lambda h: (h[1], h[0]))
+                picks = sorted(rng.sample(pop.households, batch))
                 terms = [rng.choice(by_province[p]).terminal_id for _, p in picks]
                 rids = [uuid.uuid4().hex for _ in picks]
                 try:
@@ -62,6 +59,8 @@ async def loop(
                         [hashlib.sha256(r.encode()).digest() for r in rids],
                         [nid for nid, _ in picks],
                         [rng.randint(1, 50) * 1000 for _ in picks],
+                        [""] * batch,
+                        [False] * batch,
                         SHARDS,
                     )
                 except asyncpg.DeadlockDetectedError:
