@@ -14,7 +14,7 @@ from aiohttp import web
 from coupon import audit, db, live, logs
 from coupon.api import keys
 from coupon.api.metrics import Metrics
-from coupon.api.middleware import access_log, handle_errors
+from coupon.api.middleware import serve
 from coupon.api.routes import ROUTES
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
@@ -56,7 +56,7 @@ def background(
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """The service: routes, middleware, and a connection pool opened on start-up."""
-    app = web.Application(middlewares=[access_log, handle_errors], client_max_size=MAX_JSON_BODY)
+    app = web.Application(middlewares=[serve], client_max_size=MAX_JSON_BODY)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
 

@@ -104,6 +104,16 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
         )
 
 
+async def _no_reset_query(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Release a connection to the pool without asyncpg's reset query (`SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`): one more round trip and
+    statement per request, ~10 % of a worker's CPU and PostgreSQL's too (issue 6). asyncpg
+    still rolls back an open transaction and drops listeners first. Pooled connections carry
+    no session state to reset: settings are SET LOCAL or startup settings, advisory locks are
+    transaction locks, and the session lock and LISTEN of the live counters have connections
+    of their own (live.py)."""
+
+
 WRITER_ROLE = "coupon_writer"
 # seconds a bulk statement may run (import, tranche opening, export, verification, sealing):
 # the pool's db_timeout is for requests, and would cut these off half-way
@@ -130,7 +140,7 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
     server_settings = {"timezone": "UTC", "jit": "off", "application_name": "coupon"}
     role = await _writer_role(dsn)
     if role:
-        # a startup setting, so the pool's RESET ALL on release keeps it
+        # a startup setting: the session keeps it whatever a statement does
         server_settings["role"] = role
     options: dict[str, Any] = {
         "min_size": settings.pool_min_size,
@@ -142,6 +152,7 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
         "server_settings": server_settings,
         # statements are prepared per connection; keep them (the hot path has a handful)
         "max_inactive_connection_lifetime": 300.0,
+        "reset": _no_reset_query,
     }
     options.update(overrides)
     # what asyncpg.create_pool does, with our Pool class

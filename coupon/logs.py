@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO
 
@@ -23,7 +24,14 @@ _HEX_SECRET = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64,}(?![0-9A-Fa-f])")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
+# what every match of the four above contains (ten digits are ten hex digits): a string
+# without it is left as it is, at the cost of one search instead of four substitutions
+_SUSPECT = re.compile(r"[0-9A-Fa-f]{10}|cpn_|://")
+
+
 def _scrub(text: str) -> str:
+    if _SUSPECT.search(text) is None:
+        return text
     text = _URL_PASSWORD.sub(r"\1[redacted]@", text)
     text = _TOKEN.sub("cpn_[redacted]", text)
     text = _HEX_SECRET.sub("[redacted]", text)
@@ -40,6 +48,29 @@ def redact(
         if isinstance(value, str):
             event[key] = _scrub(value)
     return event
+
+
+class _UtcTimestamp:
+    """TimeStamper(fmt="iso", utc=True) to the character ("2026-11-27T20:00:00.123456Z"),
+    with the date and time formatted once per second rather than a datetime per line."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, logger: object, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        second, nanos = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        micros = nanos // 1000
+        # datetime.isoformat() leaves out a zero fraction
+        event["timestamp"] = f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
+        return event
 
 
 class _BufferedLogger(structlog.BytesLogger):
@@ -87,7 +118,7 @@ def configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _UtcTimestamp(),
             structlog.processors.format_exc_info,
             redact,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),

@@ -2,6 +2,8 @@
 
     python -m loadtest.bench                     # make bench: the figures of BENCHMARKS.md
     python -m loadtest.bench --variants w2,w1,w2,w1 --open-seconds 0   # a lever, A/B/A/B
+    python -m loadtest.bench --variants w2@/tmp/base,w2,w2@/tmp/base,w2 ...  # code A/B: NAME@DIR
+                                                  # serves the checkout in DIR
 
 1. TPC-B baseline: `pgbench -i -s 10`, then `pgbench -c 8 -j 2 -T 20 -M prepared`, in the
    benchmark's own fresh database (fsync and synchronous_commit on).
@@ -110,7 +112,9 @@ def free_port() -> int:
 class Server:
     """`coupon serve --workers N` on a free port, its log in a file (one line per request)."""
 
-    def __init__(self, dsn: str, workers: int, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, dsn: str, workers: int, env: dict[str, str], log: Path, src: str = ""
+    ) -> None:
         self.port = free_port()
         self.workers = workers
         self.log = log.open("wb")
@@ -125,7 +129,10 @@ class Server:
                 "COUPON_LOG_LEVEL": "info",
                 "COUPON_POOL_MAX_SIZE": "16",
                 **env,
+                **({"PYTHONPATH": src} if src else {}),
             },
+            # `python -m` puts the working directory first on sys.path: DIR's coupon wins
+            cwd=src or None,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -214,13 +221,15 @@ class Sampler:
 
     def result(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.t0
-        cpu = 0.0
+        user = system = 0.0
         for p, c0 in zip(self.procs, self.cpu0, strict=True):
             try:
                 c1 = p.cpu_times()
             except psutil.Error:
                 continue
-            cpu += (c1.user + c1.system) - (c0.user + c0.system)
+            user += c1.user - c0.user
+            system += c1.system - c0.system
+        cpu = user + system
         pg1 = self.pg_last | cpu_seconds(postgres_processes())
         pg = sum(v - self.pg0.get(pid, 0.0) for pid, v in pg1.items())
         return {
@@ -230,6 +239,8 @@ class Sampler:
             if self.rss
             else 0.0,
             "server_cores": round(cpu / elapsed, 2),
+            # of which in the kernel (send/recv/epoll): what Python-level work cannot shrink
+            "server_sys_cores": round(system / elapsed, 2),
         }
 
 
@@ -287,6 +298,8 @@ def closed_loop(
                 # --gil: only samples that hold the GIL, i.e. Python's own CPU time (a thread
                 # in send() or preempted by its peer on a busy machine is not counted)
                 *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
+                # C frames too (uvloop, asyncpg's protocol, llhttp, the interpreter)
+                *(["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -384,9 +397,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"pgbench: {result['pgbench']['tps']:.0f} tps", file=sys.stderr)
         pop = loop.run_until_complete(traffic.seed(dsn, args.households, args.terminals))
         result["closed"] = []
-        for name in args.variants.split(","):
-            workers, env = VARIANTS[name]
-            server = Server(dsn, workers, env, OUT / f"server-{name}.log")
+        for i, name in enumerate(args.variants.split(",")):
+            # NAME@DIR: the variant NAME, serving the code of the checkout in DIR (code A/B)
+            base, _, src = name.partition("@")
+            workers, env = VARIANTS[base]
+            server = Server(dsn, workers, env, OUT / f"server-{i}-{base}.log", src)
             try:
                 closed = closed_loop(
                     pop,
@@ -394,7 +409,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.seconds,
                     args.threads,
                     args.connections,
-                    OUT / f"profile-{name}.txt" if args.profile else None,
+                    OUT / f"profile-{i}-{base}.txt" if args.profile else None,
                 )
             finally:
                 server.stop()
@@ -404,7 +419,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"{name}: {closed['per_s']:.0f} req/s, {closed['transactions_per_s']:.0f} "
                 f"transactions/s, p50 {closed['latency_ms']['50']} ms, "
-                f"p99 {closed['latency_ms']['99']} ms, server {closed['server_cores']} cores, "
+                f"p99 {closed['latency_ms']['99']} ms, server {closed['server_cores']} cores "
+                f"(sys {closed['server_sys_cores']}, "
+                f"{1000 * closed['server_cores'] / max(1.0, closed['per_s']):.3f} ms/request), "
                 f"postgres {closed['postgres_cores']}, wrk {closed['client_cores']}, "
                 f"load {os.getloadavg()[0]:.1f}, {closed['statuses']}",
                 file=sys.stderr,
@@ -415,8 +432,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["closed"][0]["transactions_per_s"] / result["pgbench"]["tps"], 3
             )
         if args.open_seconds:
-            workers, env = VARIANTS[args.variants.split(",")[0]]
-            server = Server(dsn, workers, env, OUT / "server-open.log")
+            base, _, src = args.variants.split(",")[0].partition("@")
+            workers, env = VARIANTS[base]
+            server = Server(dsn, workers, env, OUT / "server-open.log", src)
             try:
                 opened = open_loop(pop, server, args.open_fraction * peak, args.open_seconds)
             finally:
