@@ -476,19 +476,28 @@ BEGIN
             SELECT u.*, first_value(u.i) OVER (
                        PARTITION BY u.t, u.rid, u.nonce_ok ORDER BY u.nid, u.i) AS first_i
             FROM u)
+        -- each lookup a probe of a primary key per element, whatever the statistics say: LIMIT
+        -- keeps the planner from turning them into joins, and a hash join over a table it
+        -- once saw small is a scan of the whole table per batch once the plan is cached
         SELECT w.i, w.nid, w.nonce_ok, w.first_i,
                pr.kind AS prior_kind, pr.body_hash AS prior_hash,
                pr.http_status AS prior_status, pr.response AS prior_response,
-               tm.status AS terminal_status, tm.merchant_id, m.status AS merchant_status,
+               tm.status AS terminal_status, tm.merchant_id, tm.merchant_status,
                EXISTS (SELECT FROM pending_reversals pv
                        WHERE pv.terminal_id = w.t AND pv.original_request_id = w.rid) AS reversed,
                h.status AS household_status, e.balance, e.opens_at, e.province
         FROM w
-        LEFT JOIN terminal_requests pr ON pr.terminal_id = w.t AND pr.request_id = w.rid
-        LEFT JOIN terminals tm ON tm.id = w.t
-        LEFT JOIN merchants m ON m.id = tm.merchant_id
-        LEFT JOIN households h ON h.national_id = w.nid
-        LEFT JOIN entitlements e ON e.national_id = w.nid AND e.tranche_id = tr.id
+        LEFT JOIN LATERAL (SELECT * FROM terminal_requests pr
+                           WHERE pr.terminal_id = w.t AND pr.request_id = w.rid LIMIT 1) pr
+               ON true
+        LEFT JOIN LATERAL (SELECT t.status, t.merchant_id, m.status AS merchant_status
+                           FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+                           WHERE t.id = w.t LIMIT 1) tm ON true
+        LEFT JOIN LATERAL (SELECT * FROM households h WHERE h.national_id = w.nid LIMIT 1) h
+               ON true
+        LEFT JOIN LATERAL (SELECT * FROM entitlements e
+                           WHERE e.national_id = w.nid AND e.tranche_id = tr.id LIMIT 1) e
+               ON true
         ORDER BY w.nid, w.i
     LOOP
         i := r.i;

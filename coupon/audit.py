@@ -131,7 +131,9 @@ async def seal(conn: db.Connection, max_rows: int = MAX_BLOCK_ROWS) -> int:
             rows = int(status.split()[-1])
             if rows == 0:  # only gaps left (aborted writers): nothing to seal up to the horizon
                 return sealed
-            await conn.fetchrow(db.q("close_block"), block_no + 1, prev, timeout=db.BULK_TIMEOUT)
+            await conn.fetchrow(
+                db.q("close_block"), block_no + 1, prev, last_seq, timeout=db.BULK_TIMEOUT
+            )
             sealed += rows
 
 

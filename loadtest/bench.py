@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
 from loadtest import openloop, traffic
@@ -85,12 +86,50 @@ def pgbench_binary() -> str:
     return found
 
 
-def pgbench(dsn: str, clients: int, seconds: int, scale: int) -> dict[str, Any]:
+async def checkpoint(dsn: str) -> int:
+    """A CHECKPOINT now, so that the phase after it does not meet a timed one half-way (after
+    a checkpoint every page's first change writes a full-page image to the WAL: a phase that
+    met one paid up to a third more PostgreSQL CPU). Returns how many checkpoints the server
+    has made, to report any that still fell inside a phase."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+        return await checkpoints_made(conn)
+    finally:
+        await conn.close()
+
+
+async def checkpoints_made(conn: asyncpg.Connection) -> int:
+    try:  # PostgreSQL 17+
+        return int(
+            await conn.fetchval("SELECT num_timed + num_requested FROM pg_stat_checkpointer")
+        )
+    except asyncpg.UndefinedTableError:
+        return int(
+            await conn.fetchval("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        )
+
+
+async def checkpoints_since(dsn: str, before: int) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await checkpoints_made(conn) - before
+    finally:
+        await conn.close()
+
+
+def pgbench(
+    dsn: str, clients: int, seconds: int, scale: int, loop: asyncio.AbstractEventLoop
+) -> dict[str, Any]:
     exe = pgbench_binary()
     subprocess.run([exe, "-i", "-s", str(scale), "-q", dsn], check=True, capture_output=True)
     cmd = [exe, "-c", str(clients), "-j", "2", "-T", str(seconds), "-M", "prepared", dsn]
+    made = loop.run_until_complete(checkpoint(dsn))
     with Sampler([]) as sampler:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    extra = loop.run_until_complete(checkpoints_since(dsn, made))
+    # pgbench's tables go: nothing of them is vacuumed or cached while the service runs
+    subprocess.run([exe, "-i", "-I", "d", "-q", dsn], check=True, capture_output=True)
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
     lat = re.search(r"latency average = ([0-9.]+) ms", out)
     assert tps is not None, out
@@ -99,6 +138,7 @@ def pgbench(dsn: str, clients: int, seconds: int, scale: int) -> dict[str, Any]:
         "tps": float(tps.group(1)),
         "latency_avg_ms": float(lat.group(1)) if lat else None,
         "postgres_cores": sampler.result()["postgres_cores"],
+        "checkpoints_during": extra,
     }
 
 
@@ -393,7 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn = loop.run_until_complete(cm.__aenter__())
     try:
         if args.pgbench_seconds:
-            result["pgbench"] = pgbench(dsn, 8, args.pgbench_seconds, 10)
+            result["pgbench"] = pgbench(dsn, 8, args.pgbench_seconds, 10, loop)
             print(f"pgbench: {result['pgbench']['tps']:.0f} tps", file=sys.stderr)
         pop = loop.run_until_complete(traffic.seed(dsn, args.households, args.terminals))
         result["closed"] = []
@@ -401,6 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # NAME@DIR: the variant NAME, serving the code of the checkout in DIR (code A/B)
             base, _, src = name.partition("@")
             workers, env = VARIANTS[base]
+            made = loop.run_until_complete(checkpoint(dsn))
             server = Server(dsn, workers, env, OUT / f"server-{i}-{base}.log", src)
             try:
                 closed = closed_loop(
@@ -414,6 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
             closed["variant"] = name
+            closed["checkpoints_during"] = loop.run_until_complete(checkpoints_since(dsn, made))
             closed["invariants"] = loop.run_until_complete(check_invariants(dsn))
             result["closed"].append(closed)
             print(
@@ -434,12 +476,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.open_seconds:
             base, _, src = args.variants.split(",")[0].partition("@")
             workers, env = VARIANTS[base]
+            made = loop.run_until_complete(checkpoint(dsn))
             server = Server(dsn, workers, env, OUT / "server-open.log", src)
             try:
                 opened = open_loop(pop, server, args.open_fraction * peak, args.open_seconds)
             finally:
                 server.stop()
             opened["invariants"] = loop.run_until_complete(check_invariants(dsn))
+            opened["checkpoints_during"] = loop.run_until_complete(checkpoints_since(dsn, made))
             result["open"] = opened
             plot(opened, OUT / "bench.png")
             lat = opened["latency_ms"]

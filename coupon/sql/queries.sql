@@ -423,11 +423,13 @@ ORDER BY seq
 LIMIT $4;
 
 -- name: close_block
--- Chain the new block: hash = sha256(previous hash || its digests in seq order).
+-- Chain the new block: hash = sha256(previous hash || its digests in seq order). Its seals
+-- are the ones after the previous block's last seq ($3): found through the primary key, not
+-- by reading every seal ever made.
 INSERT INTO ledger_blocks (block_no, first_seq, last_seq, entries, prev_hash, hash)
 SELECT $1, min(seq), max(seq), count(*), $2::bytea,
        sha256($2::bytea || string_agg(digest, ''::bytea ORDER BY seq))
-FROM ledger_seals WHERE block_no = $1
+FROM ledger_seals WHERE seq > $3 AND block_no = $1
 HAVING count(*) > 0
 RETURNING block_no, last_seq, hash;
 
