@@ -326,7 +326,7 @@ def closed_loop(
 ) -> dict[str, Any]:
     requests = OUT / "requests-closed.tsv"
     result_file = OUT / "wrk.json"
-    count = int(seconds * 5000)  # more than the service answers in that time
+    count = int(seconds * 12000)  # more than the service answers in that time (no replays)
     mix = traffic.write_requests(requests, pop, count, threads, rng_seed=int(time.time()))
     spy = None
     if profile is not None:
@@ -379,7 +379,7 @@ def closed_loop(
 
 def open_loop(pop: traffic.Population, server: Server, rate: float, seconds: int) -> dict[str, Any]:
     requests = OUT / "requests-open.tsv"
-    count = int(rate * (seconds + 2)) + 1  # 2 s of warm-up, not in the histogram
+    count = len(openloop.schedule(rate, 3.0, seconds))  # 3 s of ramp, not in the histogram
     traffic.write_requests(requests, pop, count, 1, rng_seed=int(time.time()))
     rendered = openloop.render(requests, f"127.0.0.1:{server.port}")
     with Sampler(server.processes()) as sampler:

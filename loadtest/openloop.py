@@ -155,32 +155,46 @@ class Sender:
             self.socket_errors += 1
 
 
+def schedule(rate: float, warmup: float, seconds: float) -> list[float]:
+    """When each request is due, in seconds from the start: a linear ramp over the warm-up,
+    then a steady `rate`."""
+    dues: list[float] = []
+    t = 0.0
+    while t < warmup + seconds:
+        dues.append(t)
+        t += 1.0 / (rate * (0.1 + 0.9 * min(1.0, t / warmup)) if warmup else rate)
+    return dues
+
+
 async def run(
     requests: list[bytes],
     host: str,
     port: int,
     rate: float,
     seconds: float,
-    warmup: float = 2.0,
+    warmup: float = 3.0,
     max_conns: int = 256,
 ) -> dict[str, Any]:
-    """Send min(len(requests), rate * (warmup + seconds)) requests at rate/s and wait for the
-    answers; the histogram holds those due after the first `warmup` seconds."""
-    n = min(len(requests), int(rate * (warmup + seconds)))
+    """Send requests on a fixed schedule -- rising from a tenth of `rate` to `rate` over the
+    first `warmup` seconds (connections and pools fill without a backlog forming), then `rate`/s
+    for `seconds` -- and wait for the answers; the histogram holds those due after the warm-up.
+    """
+    dues = schedule(rate, warmup, seconds)
+    n = min(len(requests), len(dues))
     stats = Stats(start=time.perf_counter(), warmup=warmup)
     sender = Sender(host, port, max_conns, stats)
     await asyncio.gather(*(sender.open() for _ in range(min(64, max_conns))))
     start = time.perf_counter()
     cpu0 = time.process_time()
     stats.start = start
-    interval = 1.0 / rate
     i = 0
     while i < n:
         now = time.perf_counter()
-        while i < n and start + i * interval <= now:
-            sender.submit(requests[i], start + i * interval)
+        while i < n and start + dues[i] <= now:
+            sender.submit(requests[i], start + dues[i])
             i += 1
-        await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+        if i < n:
+            await asyncio.sleep(max(0.0, start + dues[i] - time.perf_counter()))
     sent_for = time.perf_counter() - start
     for _ in range(3000):  # up to 30 s for the last answers
         if sender.outstanding <= 0:
