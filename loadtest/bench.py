@@ -326,7 +326,7 @@ def closed_loop(
 ) -> dict[str, Any]:
     requests = OUT / "requests-closed.tsv"
     result_file = OUT / "wrk.json"
-    count = int(seconds * 12000)  # more than the service answers in that time (no replays)
+    count = int(seconds * 8000)  # more than the service answers in that time (no replays)
     mix = traffic.write_requests(requests, pop, count, threads, rng_seed=int(time.time()))
     spy = None
     if profile is not None:
