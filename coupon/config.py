@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # group commit (issue 6): redemptions per transaction at most, and how many such
     # transactions one process keeps at the database at once (1 = no batching at all)
     batch_max_size: int = 64
-    batch_connections: int = 2
+    batch_connections: int = 1
     # seconds a terminal's clock may be off (SPEC: 300)
     clock_skew: int = 300
     # counter shards per province; more shards, less lock contention between writers

@@ -61,11 +61,12 @@ VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     "w1-asyncio": (1, {"COUPON_UVLOOP": "false"}),
     "w1-nolog": (1, {"COUPON_LOG_LEVEL": "warning"}),
     "w1-buflog": (1, {"COUPON_LOG_FLUSH_INTERVAL": "0.1"}),
-    # group commit: no batching (one transaction per redemption, up to 16 at once), or fewer /
-    # more batches at the database at once per process than the default 4
+    # group commit: no batching (one transaction per redemption, up to 16 at once), or more
+    # batches at the database at once per process than the default 1
     "w2-nobatch": (2, {"COUPON_BATCH_MAX_SIZE": "1", "COUPON_BATCH_CONNECTIONS": "16"}),
     "w2-b1": (2, {"COUPON_BATCH_CONNECTIONS": "1"}),
     "w2-b2": (2, {"COUPON_BATCH_CONNECTIONS": "2"}),
+    "w2-b4": (2, {"COUPON_BATCH_CONNECTIONS": "4"}),
     "w2-b8": (2, {"COUPON_BATCH_CONNECTIONS": "8"}),
     "w1-b2": (1, {"COUPON_BATCH_CONNECTIONS": "2"}),
     "w1-b4": (1, {"COUPON_BATCH_CONNECTIONS": "4"}),
