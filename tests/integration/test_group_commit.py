@@ -55,6 +55,19 @@ async def one_batch(
     )
 
 
+async def on_ledger_insert(conn: asyncpg.Connection, request_id: str, action: str) -> None:
+    """A trigger that does `action` when the ledger row of `request_id` is inserted (a fault
+    inside one member of a batch)."""
+    await conn.execute(f"""
+        CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.request_id = '{request_id}' THEN {action}; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER fault BEFORE INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION fault();
+    """)
+
+
 @pytest.fixture
 async def batched(settings: Settings, dsn: str, aiohttp_client: Any) -> Client:
     """The service with one batch at the database at a time, so that concurrent requests
@@ -91,17 +104,9 @@ async def test_a_refused_batch_goes_again_one_by_one(
     client: Client, operator: dict[str, str], conn: asyncpg.Connection
 ) -> None:
     world = await make_world(client, operator, n=5)
-    await conn.execute("""
-        CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.request_id = 'boom' THEN
-                RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation';
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER refuse_boom BEFORE INSERT ON ledger
-            FOR EACH ROW EXECUTE FUNCTION refuse_boom();
-    """)
+    await on_ledger_insert(
+        conn, "boom", "RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'"
+    )
     nids = list(world.credit)
     batch = [(request(nid, 1000), uuid.uuid4().hex) for nid in nids[:4]]
     batch.append((request(nids[4], 1000, "boom"), uuid.uuid4().hex))
@@ -151,15 +156,7 @@ async def test_a_batch_of_unknown_fate_fails_whole_and_is_not_retried(
     client: Client, operator: dict[str, str], conn: asyncpg.Connection
 ) -> None:
     world = await make_world(client, operator, n=4)
-    await conn.execute("""
-        CREATE FUNCTION stall_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.request_id = 'slow' THEN PERFORM pg_sleep(30); END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER stall_slow BEFORE INSERT ON ledger
-            FOR EACH ROW EXECUTE FUNCTION stall_slow();
-    """)
+    await on_ledger_insert(conn, "slow", "PERFORM pg_sleep(30)")
     nids = list(world.credit)
     batch = [(request(nid, 1000), uuid.uuid4().hex) for nid in nids[:3]]
     batch.append((request(nids[3], 1000, "slow"), uuid.uuid4().hex))
