@@ -422,7 +422,6 @@ DECLARE
     v_shard   integer := pg_backend_pid() % p_shards;
     tr        record;
     r         record;
-    d         record;
     fresh_t   bigint[];
     fresh_n   text[];
     -- the answer of each element
@@ -440,6 +439,13 @@ DECLARE
     ok_merchant bigint[] := '{}';
     ok_province text[] := '{}';
     seqs      bigint[];
+    -- counter deltas: per province of the tranche, and per province of all tranches
+    c_province text[];
+    c_tx      bigint[];
+    c_amount  bigint[];
+    c_served  bigint[];
+    c_all_province text[];
+    c_all_served   bigint[];
     cur_nid   text;
     bal       bigint;
     reason    text;
@@ -583,41 +589,55 @@ BEGIN
             END IF;
         END LOOP;
 
-        -- balances and open redemptions per household, and who became served (0 -> some):
-        -- counters once per (tranche, province) and per province, in key order
-        FOR d IN
-            WITH spent AS (
-                SELECT p_national_ids[x.i] AS nid, sum(x.amount)::bigint AS amount,
-                       count(*)::integer AS k
-                FROM unnest(ok_i, ok_amount) AS x(i, amount) GROUP BY 1),
-            ent AS (
-                UPDATE entitlements e
-                SET balance = e.balance - s.amount, open_redemptions = e.open_redemptions + s.k
-                FROM spent s WHERE e.national_id = s.nid AND e.tranche_id = tr.id
-                RETURNING e.national_id, e.province, s.amount, s.k,
-                          e.open_redemptions = s.k AS newly_served),
-            hh AS (
-                UPDATE households h
-                SET open_redemptions = h.open_redemptions + ent.k,
-                    served_province = CASE WHEN h.open_redemptions = 0 THEN ent.province
-                                           ELSE h.served_province END
-                FROM ent WHERE h.national_id = ent.national_id
-                RETURNING h.served_province, h.open_redemptions = ent.k AS newly_served)
-            SELECT 1 AS part, ent.province, sum(ent.k)::bigint AS tx,
-                   sum(ent.amount)::bigint AS amount,
+        -- balances and open redemptions per household, and who became served (0 -> some)
+        WITH spent AS (
+            SELECT p_national_ids[x.i] AS nid, sum(x.amount)::bigint AS amount,
+                   count(*)::integer AS k
+            FROM unnest(ok_i, ok_amount) AS x(i, amount) GROUP BY 1),
+        ent AS (
+            UPDATE entitlements e
+            SET balance = e.balance - s.amount, open_redemptions = e.open_redemptions + s.k
+            FROM spent s WHERE e.national_id = s.nid AND e.tranche_id = tr.id
+            RETURNING e.national_id, e.province, s.amount, s.k,
+                      e.open_redemptions = s.k AS newly_served),
+        hh AS (
+            UPDATE households h
+            SET open_redemptions = h.open_redemptions + ent.k,
+                served_province = CASE WHEN h.open_redemptions = 0 THEN ent.province
+                                       ELSE h.served_province END
+            FROM ent WHERE h.national_id = ent.national_id
+            RETURNING h.served_province, h.open_redemptions = ent.k AS newly_served),
+        by_province AS (
+            SELECT ent.province, sum(ent.k)::bigint AS tx, sum(ent.amount)::bigint AS amount,
                    count(*) FILTER (WHERE ent.newly_served) AS served
-            FROM ent GROUP BY ent.province
-            UNION ALL
-            SELECT 2, hh.served_province, 0, 0, count(*)
-            FROM hh WHERE hh.newly_served GROUP BY hh.served_province
-            ORDER BY 1, 2
-        LOOP
-            IF d.part = 1 THEN
-                PERFORM counters_add(v_shard, tr.id, d.province, d.tx, d.amount, d.served);
-            ELSE
-                PERFORM counters_all_add(v_shard, d.province, d.served);
-            END IF;
-        END LOOP;
+            FROM ent GROUP BY ent.province),
+        by_province_all AS (
+            SELECT hh.served_province AS province, count(*) AS served
+            FROM hh WHERE hh.newly_served GROUP BY hh.served_province)
+        SELECT t.provinces, t.txs, t.amounts, t.served, a.provinces, a.served
+        INTO c_province, c_tx, c_amount, c_served, c_all_province, c_all_served
+        FROM (SELECT array_agg(province) AS provinces, array_agg(tx) AS txs,
+                     array_agg(amount) AS amounts, array_agg(served) AS served
+              FROM by_province) t,
+             (SELECT array_agg(province) AS provinces, array_agg(served) AS served
+              FROM by_province_all) a;
+        -- the counters: each table's rows locked in key order, then one update for all
+        PERFORM FROM province_counters c
+        WHERE c.tranche_id = tr.id AND c.shard = v_shard AND c.province = ANY (c_province)
+        ORDER BY c.province FOR UPDATE;
+        UPDATE province_counters c
+        SET transactions = c.transactions + d.tx, amount = c.amount + d.amount,
+            served = c.served + d.served
+        FROM unnest(c_province, c_tx, c_amount, c_served) AS d(province, tx, amount, served)
+        WHERE c.tranche_id = tr.id AND c.shard = v_shard AND c.province = d.province;
+        IF c_all_province IS NOT NULL THEN
+            PERFORM FROM province_counters_all c
+            WHERE c.shard = v_shard AND c.province = ANY (c_all_province)
+            ORDER BY c.province FOR UPDATE;
+            UPDATE province_counters_all c SET served = c.served + d.served
+            FROM unnest(c_all_province, c_all_served) AS d(province, served)
+            WHERE c.shard = v_shard AND c.province = d.province;
+        END IF;
     END IF;
     FOR k IN 1 .. cardinality(copies) LOOP
         a_status[copies[k]] := a_status[copy_of[k]];
