@@ -383,24 +383,35 @@ BEGIN
     RETURN FOUND;
 END $$;
 
--- Counter deltas, added to one shard. A transaction always takes province_counters rows before
--- province_counters_all rows, each in (tranche, province) order, so two writers whose backends
--- share a shard never wait on each other in a cycle.
-CREATE OR REPLACE FUNCTION counters_add(
-    p_shard integer, p_tranche_id bigint, p_province text, p_transactions bigint,
-    p_amount bigint, p_served bigint)
-RETURNS void LANGUAGE sql AS $$
-    UPDATE province_counters
-    SET transactions = transactions + p_transactions, amount = amount + p_amount,
-        served = served + p_served
-    WHERE tranche_id = p_tranche_id AND province = p_province AND shard = p_shard;
-$$;
-
-CREATE OR REPLACE FUNCTION counters_all_add(p_shard integer, p_province text, p_served bigint)
-RETURNS void LANGUAGE sql AS $$
-    UPDATE province_counters_all SET served = served + p_served
-    WHERE province = p_province AND shard = p_shard;
-$$;
+-- Counter deltas, added to one shard: this tranche's province rows, then the all-tranche
+-- province rows, each table's rows locked in province order before one UPDATE. Every writer
+-- goes through here, so two whose backends share a shard never wait on each other in a cycle.
+-- (The helpers this replaces, one row per call, are dropped.)
+DROP FUNCTION IF EXISTS counters_add(integer, bigint, text, bigint, bigint, bigint);
+DROP FUNCTION IF EXISTS counters_all_add(integer, text, bigint);
+DROP FUNCTION IF EXISTS redeem_row(bigint, text, text, bytea, text, bigint, text[], boolean);
+CREATE OR REPLACE FUNCTION counters_apply(
+    p_shard integer, p_tranche_id bigint, p_provinces text[], p_transactions bigint[],
+    p_amounts bigint[], p_served bigint[], p_all_provinces text[], p_all_served bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM FROM province_counters c
+    WHERE c.tranche_id = p_tranche_id AND c.shard = p_shard AND c.province = ANY (p_provinces)
+    ORDER BY c.province FOR UPDATE;
+    UPDATE province_counters c
+    SET transactions = c.transactions + d.tx, amount = c.amount + d.amount,
+        served = c.served + d.served
+    FROM unnest(p_provinces, p_transactions, p_amounts, p_served) AS d(province, tx, amount, served)
+    WHERE c.tranche_id = p_tranche_id AND c.shard = p_shard AND c.province = d.province;
+    IF cardinality(p_all_provinces) > 0 THEN
+        PERFORM FROM province_counters_all c
+        WHERE c.shard = p_shard AND c.province = ANY (p_all_provinces)
+        ORDER BY c.province FOR UPDATE;
+        UPDATE province_counters_all c SET served = c.served + d.served
+        FROM unnest(p_all_provinces, p_all_served) AS d(province, served)
+        WHERE c.shard = p_shard AND c.province = d.province;
+    END IF;
+END $$;
 
 -- Redemptions, many at once: one round trip, one transaction, one WAL flush for all (group
 -- commit), set-based -- one statement per step for the whole batch, not per redemption. The
@@ -621,23 +632,8 @@ BEGIN
               FROM by_province) t,
              (SELECT array_agg(province) AS provinces, array_agg(served) AS served
               FROM by_province_all) a;
-        -- the counters: each table's rows locked in key order, then one update for all
-        PERFORM FROM province_counters c
-        WHERE c.tranche_id = tr.id AND c.shard = v_shard AND c.province = ANY (c_province)
-        ORDER BY c.province FOR UPDATE;
-        UPDATE province_counters c
-        SET transactions = c.transactions + d.tx, amount = c.amount + d.amount,
-            served = c.served + d.served
-        FROM unnest(c_province, c_tx, c_amount, c_served) AS d(province, tx, amount, served)
-        WHERE c.tranche_id = tr.id AND c.shard = v_shard AND c.province = d.province;
-        IF c_all_province IS NOT NULL THEN
-            PERFORM FROM province_counters_all c
-            WHERE c.shard = v_shard AND c.province = ANY (c_all_province)
-            ORDER BY c.province FOR UPDATE;
-            UPDATE province_counters_all c SET served = c.served + d.served
-            FROM unnest(c_all_province, c_all_served) AS d(province, served)
-            WHERE c.shard = v_shard AND c.province = d.province;
-        END IF;
+        PERFORM counters_apply(v_shard, tr.id, c_province, c_tx, c_amount, c_served,
+                               coalesce(c_all_province, '{}'), coalesce(c_all_served, '{}'));
     END IF;
     FOR k IN 1 .. cardinality(copies) LOOP
         a_status[copies[k]] := a_status[copy_of[k]];
@@ -750,11 +746,11 @@ BEGIN
         VALUES ('reversal', p_request_id, p_terminal_id, orig.merchant_id, orig.national_id,
                 orig.province, orig.tranche_id, orig.amount, orig.seq)
         RETURNING seq, created_at INTO entry;
-        PERFORM counters_add(v_shard, orig.tranche_id, orig.province, -1, -orig.amount,
-                             -(ent_open = 0)::int);
-        IF hh_open = 0 THEN
-            PERFORM counters_all_add(v_shard, served_in, -1);
-        END IF;
+        PERFORM counters_apply(
+            v_shard, orig.tranche_id, ARRAY[orig.province], ARRAY[-1::bigint],
+            ARRAY[-orig.amount], ARRAY[-(ent_open = 0)::int::bigint],
+            CASE WHEN hh_open = 0 THEN ARRAY[served_in] ELSE '{}' END,
+            CASE WHEN hh_open = 0 THEN ARRAY[-1::bigint] ELSE '{}' END);
         http_status := 201;
         body := jsonb_build_object(
             'status', 'reversed', 'reversal_id', entry.seq, 'request_id', p_request_id,

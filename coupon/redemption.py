@@ -84,7 +84,7 @@ class RedemptionBatcher:
         pool: db.Pool,
         shards: int,
         max_size: int = 64,
-        connections: int = 4,
+        connections: int = 1,
         on_batch: Callable[[int], object] | None = None,
     ) -> None:
         self._pool = pool

@@ -1,6 +1,24 @@
--- The first group commit (issue 6): redeem_many() calling a per-row function, statement by
--- statement. Kept to compare against: python -m loadtest.pgcost --setup loadtest/redeem_many_rows.sql \
---     --variants redeem_many,redeem_many_rows
+-- The first group commit (issue 6), kept verbatim to measure against (not part of the schema):
+-- redeem_many() calling a per-row function, statement by statement.
+--     python -m loadtest.pgcost --setup loadtest/redeem_many_rows.sql \
+--         --variants redeem_many,redeem_many_rows
+-- Its counter helpers as they were then (one row per call).
+CREATE OR REPLACE FUNCTION counters_add_old(
+    p_shard integer, p_tranche_id bigint, p_province text, p_transactions bigint,
+    p_amount bigint, p_served bigint)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE province_counters
+    SET transactions = transactions + p_transactions, amount = amount + p_amount,
+        served = served + p_served
+    WHERE tranche_id = p_tranche_id AND province = p_province AND shard = p_shard;
+$$;
+
+CREATE OR REPLACE FUNCTION counters_all_add_old(p_shard integer, p_province text, p_served bigint)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE province_counters_all SET served = served + p_served
+    WHERE province = p_province AND shard = p_shard;
+$$;
+
 CREATE OR REPLACE FUNCTION redeem_row_old(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
     p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
@@ -158,11 +176,11 @@ BEGIN
                     sum(u.s) AS served
              FROM unnest(d_tranche, d_province, d_amount, d_served) AS u(t, p, a, s)
              GROUP BY u.t, u.p ORDER BY u.t, u.p LOOP
-        PERFORM counters_add(v_shard, d.t, d.p, d.tx, d.amount, d.served);
+        PERFORM counters_add_old(v_shard, d.t, d.p, d.tx, d.amount, d.served);
     END LOOP;
     FOR d IN SELECT u.p, count(*) AS served FROM unnest(d_all) AS u(p)
              GROUP BY u.p ORDER BY u.p LOOP
-        PERFORM counters_all_add(v_shard, d.p, d.served);
+        PERFORM counters_all_add_old(v_shard, d.p, d.served);
     END LOOP;
 END $$;
 
