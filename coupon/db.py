@@ -102,6 +102,27 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
             decoder=orjson.loads,
             format="text",
         )
+    await warm_up(conn)
+
+
+async def warm_up(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Call the terminal path's functions once on a new connection, for nothing, and roll back.
+    PL/pgSQL compiles a function and plans its statements on a connection's first call of it:
+    ~12 ms of backend CPU per connection (loadtest/pgwarm.py), paid otherwise by the first
+    requests that reach it -- under load, all at once. Terminal 0 and the empty national id
+    exist nowhere, so every call answers early, and nothing outlives the rollback."""
+    key = f"warm-up-{conn.get_server_pid()}"  # connections warming at once do not queue
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await conn.fetchrow(q("balance_inquiry"), 0, key, "")
+        await conn.fetch(q("redeem_many"), [0], [key], [key], [b""], [""], [1], [""], [False], 1)
+        await conn.fetchrow(q("reverse"), 0, key + "r", key + "r", b"", key + "o", 1)
+        await conn.execute("SELECT counters_apply(0, 0, '{}', '{}', '{}', '{}', '{}', '{}')")
+    except asyncpg.UndefinedFunctionError:
+        pass  # no schema yet (`coupon db init` not run): the first request will say so
+    finally:
+        await transaction.rollback()
 
 
 async def _no_reset_query(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -143,7 +164,10 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
         # a startup setting: the session keeps it whatever a statement does
         server_settings["role"] = role
     options: dict[str, Any] = {
-        "min_size": settings.pool_min_size,
+        "min_size": min(
+            settings.pool_max_size,
+            settings.pool_max_size if settings.pool_min_size is None else settings.pool_min_size,
+        ),
         "max_size": settings.pool_max_size,
         "command_timeout": settings.db_timeout,
         "timeout": settings.db_timeout,

@@ -4,6 +4,8 @@
     python -m loadtest.bench --variants w2,w1,w2,w1 --open-seconds 0   # a lever, A/B/A/B
     python -m loadtest.bench --variants w2@/tmp/base,w2,w2@/tmp/base,w2 ...  # code A/B: NAME@DIR
                                                   # serves the checkout in DIR
+    python -m loadtest.bench --pgbench-seconds 0 --seconds 0 --open-rate 4000 --variants w2@DIR
+                                                  # the open loop alone, at a fixed rate
 
 1. TPC-B baseline: `pgbench -i -s 10`, then `pgbench -c 8 -j 2 -T 20 -M prepared`, in the
    benchmark's own fresh database (fsync and synchronous_commit on).
@@ -12,7 +14,10 @@
    (loadtest/pos.lua) in a closed loop, as fast as it goes. RSS of each server process is
    sampled during the run; counters == ledger == credit minus balances is checked after it.
 3. Open loop at a fraction (80 %) of the first variant's peak (loadtest/openloop.py):
-   latency without coordinated omission, over time, in a PNG.
+   latency without coordinated omission, over time, in a PNG. Beside each second of its
+   timeline: the WAL written, the commits, the service's backends, the tables autovacuum is
+   working on, and what the active backends wait on (DatabaseSampler) -- what to look at
+   when a second is slow.
 
 Results go to loadtest/out/bench.json and bench.png; the ratio is redemptions/s over TPC-B tps.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -65,6 +71,8 @@ VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     # batches at the database at once per process than the default 1
     "w2-nobatch": (2, {"COUPON_BATCH_MAX_SIZE": "1", "COUPON_BATCH_CONNECTIONS": "16"}),
     "w2-b1": (2, {"COUPON_BATCH_CONNECTIONS": "1"}),
+    # the pool opened on demand (2 connections at first), as before issue 6's second round
+    "w2-lazypool": (2, {"COUPON_POOL_MIN_SIZE": "2"}),
     "w2-b2": (2, {"COUPON_BATCH_CONNECTIONS": "2"}),
     "w2-b4": (2, {"COUPON_BATCH_CONNECTIONS": "4"}),
     "w2-b8": (2, {"COUPON_BATCH_CONNECTIONS": "8"}),
@@ -285,6 +293,87 @@ class Sampler:
         }
 
 
+class DatabaseSampler:
+    """What the database is doing, every 0.2 s, in a thread: WAL written, autovacuum at work
+    (which table, which phase) and what the client backends wait on -- to lay beside the
+    open loop's latency timeline."""
+
+    QUERY = """
+        SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS wal,
+               (SELECT coalesce(array_agg(DISTINCT relid::regclass::text || ':' || phase), '{}')
+                  FROM pg_stat_progress_vacuum) AS vacuum,
+               (SELECT coalesce(array_agg(coalesce(wait_event, 'cpu')), '{}')
+                  FROM pg_stat_activity
+                 WHERE backend_type = 'client backend' AND state = 'active'
+                   AND pid <> pg_backend_pid()) AS waits,
+               (SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'coupon') AS backends,
+               (SELECT xact_commit FROM pg_stat_database
+                 WHERE datname = current_database()) AS commits
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.samples: list[tuple[float, int, list[str], list[str], int, int]] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.loop()), daemon=True)
+
+    async def loop(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            while not self.stop_event.is_set():
+                row = await conn.fetchrow(self.QUERY)
+                self.samples.append(
+                    (
+                        time.perf_counter(),
+                        int(row["wal"]),
+                        row["vacuum"],
+                        row["waits"],
+                        row["backends"],
+                        row["commits"],
+                    )
+                )
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
+    def __enter__(self) -> DatabaseSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+    def per_second(self, start: float) -> dict[int, dict[str, Any]]:
+        """By second from `start`: WAL MiB/s, the tables being vacuumed, the commonest waits."""
+        out: dict[int, dict[str, Any]] = {}
+        prev: tuple[float, int, int] | None = None
+        for t, wal, vacuum, waits, backends, commits in self.samples:
+            sec = int(t - start)
+            d = out.setdefault(
+                sec,
+                {"wal_mib": 0.0, "vacuum": set(), "waits": collections.Counter(), "commits": 0},
+            )
+            if prev is not None:
+                d["wal_mib"] += (wal - prev[1]) / 2**20
+                d["commits"] += commits - prev[2]
+            prev = (t, wal, commits)
+            d["vacuum"].update(vacuum)
+            d["waits"].update(waits)
+            d["backends"] = backends
+        return {
+            sec: {
+                "wal_mib": round(d["wal_mib"], 1),
+                "vacuum": sorted(d["vacuum"]),
+                "waits": dict(d["waits"].most_common(3)),
+                "coupon_backends": d["backends"],
+                "commits": d["commits"],
+            }
+            for sec, d in out.items()
+        }
+
+
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if not found:
@@ -378,14 +467,19 @@ def closed_loop(
     return result
 
 
-def open_loop(pop: traffic.Population, server: Server, rate: float, seconds: int) -> dict[str, Any]:
+def open_loop(
+    pop: traffic.Population, server: Server, dsn: str, rate: float, seconds: int
+) -> dict[str, Any]:
     requests = OUT / "requests-open.tsv"
     count = len(openloop.schedule(rate, 3.0, seconds))  # 3 s of ramp, not in the histogram
     traffic.write_requests(requests, pop, count, 1, rng_seed=int(time.time()))
     rendered = openloop.render(requests, f"127.0.0.1:{server.port}")
-    with Sampler(server.processes()) as sampler:
+    with Sampler(server.processes()) as sampler, DatabaseSampler(dsn) as database:
         result = asyncio.run(openloop.run(rendered, "127.0.0.1", server.port, rate, seconds))
     result |= sampler.result()
+    seen = database.per_second(result.pop("started"))
+    for second in result["timeline"]:
+        second |= seen.get(second["second"], {})
     return result
 
 
@@ -438,7 +532,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"pgbench: {result['pgbench']['tps']:.0f} tps", file=sys.stderr)
         pop = loop.run_until_complete(traffic.seed(dsn, args.households, args.terminals))
         result["closed"] = []
-        for i, name in enumerate(args.variants.split(",")):
+        for i, name in enumerate(args.variants.split(",") if args.seconds else []):
             # NAME@DIR: the variant NAME, serving the code of the checkout in DIR (code A/B)
             base, _, src = name.partition("@")
             workers, env = VARIANTS[base]
@@ -469,8 +563,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"load {os.getloadavg()[0]:.1f}, {closed['statuses']}",
                 file=sys.stderr,
             )
-        peak = result["closed"][0]["per_s"]
-        if "pgbench" in result:
+        peak = result["closed"][0]["per_s"] if result["closed"] else 0.0
+        if "pgbench" in result and result["closed"]:
             result["ratio"] = round(
                 result["closed"][0]["transactions_per_s"] / result["pgbench"]["tps"], 3
             )
@@ -480,7 +574,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             made = loop.run_until_complete(checkpoint(dsn))
             server = Server(dsn, workers, env, OUT / "server-open.log", src)
             try:
-                opened = open_loop(pop, server, args.open_fraction * peak, args.open_seconds)
+                rate = args.open_rate or args.open_fraction * peak
+                opened = open_loop(pop, server, dsn, rate, args.open_seconds)
             finally:
                 server.stop()
             opened["invariants"] = loop.run_until_complete(check_invariants(dsn))
@@ -505,10 +600,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=20, help="closed loop, per variant")
+    parser.add_argument(
+        "--seconds", type=int, default=20, help="closed loop, per variant; 0: none (--open-rate)"
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=20, help="0: no pgbench")
     parser.add_argument("--open-seconds", type=int, default=20, help="0: no open loop")
     parser.add_argument("--open-fraction", type=float, default=0.8)
+    parser.add_argument("--open-rate", type=float, default=0.0, help="a fixed rate instead")
     parser.add_argument("--households", type=int, default=100_000)
     parser.add_argument("--terminals", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")

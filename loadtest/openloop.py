@@ -215,6 +215,7 @@ async def run(
             }
         )
     return {
+        "started": start,
         "rate": rate,
         "warmup_s": warmup,
         "sent": n,
