@@ -428,14 +428,7 @@ CREATE OR REPLACE FUNCTION redeem_many(
     p_national_ids text[], p_amounts bigint[], p_categories text[], p_allow_partial boolean[],
     p_shards integer)
 RETURNS TABLE (n integer, http_status integer, error text, body jsonb, replayed boolean)
-LANGUAGE plpgsql
--- Generic plans, planned once per connection. Left to choose ("auto"), PL/pgSQL kept planning
--- each statement afresh for its array arguments on every call: 40 % of a batch of one, 25 %
--- of a batch of 64 (loadtest/pgcost.py). Every lookup is a primary-key probe whatever the
--- batch holds, so one plan fits every call (tests/integration/test_connections.py checks
--- that no hot table is read whole).
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_shard   integer := pg_backend_pid() % p_shards;
     tr        record;
@@ -673,9 +666,7 @@ CREATE OR REPLACE FUNCTION reverse(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
     p_original_request_id text, p_shards integer,
     OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan  -- as redeem_many()
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     prior      terminal_requests%ROWTYPE;
     original   terminal_requests%ROWTYPE;
@@ -773,9 +764,7 @@ END $$;
 CREATE OR REPLACE FUNCTION balance_inquiry(
     p_terminal_id bigint, p_nonce text, p_national_id text,
     OUT http_status integer, OUT error text, OUT body jsonb)
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan  -- as redeem_many()
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     term       record;
     hh_status  text;

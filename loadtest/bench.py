@@ -95,15 +95,28 @@ def pgbench_binary() -> str:
     return found
 
 
-async def checkpoint(dsn: str) -> int:
-    """A CHECKPOINT now, so that the phase after it does not meet a timed one half-way (after
-    a checkpoint every page's first change writes a full-page image to the WAL: a phase that
-    met one paid up to a third more PostgreSQL CPU). Returns how many checkpoints the server
-    has made, to report any that still fell inside a phase."""
+async def settle(dsn: str) -> int:
+    """VACUUM (ANALYZE), then CHECKPOINT: each phase starts from a settled database, as pgbench
+    vacuums its tables before its own run. Without the vacuum, autovacuum took up the previous
+    phase's rows half-way through the next one -- every page of them, each page's first change
+    since the checkpoint a full-page image in the WAL -- and those 3-5 s were the open loop's
+    p99. Without the checkpoint, a phase could meet a timed one half-way (up to a third more
+    PostgreSQL CPU). Returns how many checkpoints the server has made, to report any that
+    still fell inside a phase."""
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.execute("VACUUM (ANALYZE)")
         await conn.execute("CHECKPOINT")
         return await checkpoints_made(conn)
+    finally:
+        await conn.close()
+
+
+async def autovacuums(dsn: str) -> int:
+    """Autovacuum runs so far on this database's tables (to report those inside a phase)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT sum(autovacuum_count) FROM pg_stat_user_tables"))
     finally:
         await conn.close()
 
@@ -133,7 +146,7 @@ def pgbench(
     exe = pgbench_binary()
     subprocess.run([exe, "-i", "-s", str(scale), "-q", dsn], check=True, capture_output=True)
     cmd = [exe, "-c", str(clients), "-j", "2", "-T", str(seconds), "-M", "prepared", dsn]
-    made = loop.run_until_complete(checkpoint(dsn))
+    made = loop.run_until_complete(settle(dsn))
     with Sampler([]) as sampler:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     extra = loop.run_until_complete(checkpoints_since(dsn, made))
@@ -536,7 +549,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # NAME@DIR: the variant NAME, serving the code of the checkout in DIR (code A/B)
             base, _, src = name.partition("@")
             workers, env = VARIANTS[base]
-            made = loop.run_until_complete(checkpoint(dsn))
+            made = loop.run_until_complete(settle(dsn))
+            vacuumed = loop.run_until_complete(autovacuums(dsn))
             server = Server(dsn, workers, env, OUT / f"server-{i}-{base}.log", src)
             try:
                 closed = closed_loop(
@@ -551,6 +565,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.stop()
             closed["variant"] = name
             closed["checkpoints_during"] = loop.run_until_complete(checkpoints_since(dsn, made))
+            closed["autovacuums_during"] = loop.run_until_complete(autovacuums(dsn)) - vacuumed
             closed["invariants"] = loop.run_until_complete(check_invariants(dsn))
             result["closed"].append(closed)
             print(
@@ -571,7 +586,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.open_seconds:
             base, _, src = args.variants.split(",")[0].partition("@")
             workers, env = VARIANTS[base]
-            made = loop.run_until_complete(checkpoint(dsn))
+            made = loop.run_until_complete(settle(dsn))
+            vacuumed = loop.run_until_complete(autovacuums(dsn))
             server = Server(dsn, workers, env, OUT / "server-open.log", src)
             try:
                 rate = args.open_rate or args.open_fraction * peak
@@ -580,6 +596,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.stop()
             opened["invariants"] = loop.run_until_complete(check_invariants(dsn))
             opened["checkpoints_during"] = loop.run_until_complete(checkpoints_since(dsn, made))
+            opened["autovacuums_during"] = loop.run_until_complete(autovacuums(dsn)) - vacuumed
             result["open"] = opened
             plot(opened, OUT / "bench.png")
             lat = opened["latency_ms"]
