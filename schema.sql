@@ -291,6 +291,21 @@ CREATE TABLE IF NOT EXISTS ledger_blocks (
     CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
 );
 
+-- Autovacuum of the tables every redemption writes, at a tenth of its default pace (20 ms
+-- asleep per 200 cost units, not 2): their pages are in memory, so unthrottled it took most
+-- of a core for seconds at a time, and on a machine the service shares with its database that
+-- was the p99 at 80 % of the peak (BENCHMARKS.md). Slower is enough: updates are HOT-pruned
+-- on the page, and the append-only tables only need their visibility bits set.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['households', 'entitlements', 'ledger', 'ledger_seals',
+                             'terminal_requests', 'terminal_nonces'] LOOP
+        EXECUTE format('ALTER TABLE %I SET (autovacuum_vacuum_cost_delay = 20)', t);
+    END LOOP;
+END $$;
+
 -- Writers of ledger rows hold this lock (shared: writers never wait for each other) from
 -- before their row gets its seq until commit. The sealer takes it exclusively for an instant:
 -- once it has it, every seq up to max(seq) is committed or gone, so sealing in seq order is
@@ -428,7 +443,17 @@ CREATE OR REPLACE FUNCTION redeem_many(
     p_national_ids text[], p_amounts bigint[], p_categories text[], p_allow_partial boolean[],
     p_shards integer)
 RETURNS TABLE (n integer, http_status integer, error text, body jsonb, replayed boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Every statement here is a probe by key, and the planner is told so: no sequential scans,
+-- no hash or merge joins. Then no statistics -- stale, or of a table analysed while it was
+-- empty -- can turn a probe into a scan of a grown table, and one generic plan per connection
+-- is safe: planned once, not per call (30 % of the backend's time for a batch of 8,
+-- loadtest/plan_cache_modes.sql). Left to choose, PostgreSQL kept plans made while
+-- terminal_requests was small, which then read it whole on every batch (1,556 req/s instead
+-- of ~5,000; BENCHMARKS.md). tests/integration/test_connections.py reads the scan counts.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 DECLARE
     v_shard   integer := pg_backend_pid() % p_shards;
     tr        record;
@@ -666,7 +691,10 @@ CREATE OR REPLACE FUNCTION reverse(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
     p_original_request_id text, p_shards integer,
     OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- key probes only, as redeem_many()
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 DECLARE
     prior      terminal_requests%ROWTYPE;
     original   terminal_requests%ROWTYPE;
@@ -764,7 +792,10 @@ END $$;
 CREATE OR REPLACE FUNCTION balance_inquiry(
     p_terminal_id bigint, p_nonce text, p_national_id text,
     OUT http_status integer, OUT error text, OUT body jsonb)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- key probes only, as redeem_many()
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 DECLARE
     term       record;
     hh_status  text;
