@@ -291,21 +291,6 @@ CREATE TABLE IF NOT EXISTS ledger_blocks (
     CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
 );
 
--- Autovacuum of the tables every redemption writes, at a tenth of its default pace (20 ms
--- asleep per 200 cost units, not 2): their pages are in memory, so unthrottled it took most
--- of a core for seconds at a time, and on a machine the service shares with its database that
--- was the p99 at 80 % of the peak (BENCHMARKS.md). Slower is enough: updates are HOT-pruned
--- on the page, and the append-only tables only need their visibility bits set.
-DO $$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['households', 'entitlements', 'ledger', 'ledger_seals',
-                             'terminal_requests', 'terminal_nonces'] LOOP
-        EXECUTE format('ALTER TABLE %I SET (autovacuum_vacuum_cost_delay = 20)', t);
-    END LOOP;
-END $$;
-
 -- Writers of ledger rows hold this lock (shared: writers never wait for each other) from
 -- before their row gets its seq until commit. The sealer takes it exclusively for an instant:
 -- once it has it, every seq up to max(seq) is committed or gone, so sealing in seq order is
