@@ -291,6 +291,28 @@ CREATE TABLE IF NOT EXISTS ledger_blocks (
     CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
 );
 
+-- Autovacuum of the tables every redemption writes: their inserts are vacuumed, and all of
+-- them analysed, every million rows -- not every 20 % / 10 % of their size. An insert vacuum
+-- only sets the new pages' visibility bits, and the terminal path's plans do not follow the
+-- statistics (key probes only, below); in steps of a million both stay short jobs at any size
+-- of the table, minutes apart at the benchmark's peak and hours at the programme's. The
+-- defaults made them jobs of millions of rows once the ledger is large -- and, on a small
+-- database, one burst every minute in which a worker analysed every hot table at once and
+-- took a core for a second (the open loop's p99, BENCHMARKS.md). Updates leave dead rows on
+-- the tables' own thresholds: those are untouched.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'terminal_requests', 'terminal_nonces',
+                             'households', 'entitlements'] LOOP
+        EXECUTE format('ALTER TABLE %I SET (autovacuum_vacuum_insert_threshold = 1000000, '
+                       'autovacuum_vacuum_insert_scale_factor = 0, '
+                       'autovacuum_analyze_threshold = 1000000, '
+                       'autovacuum_analyze_scale_factor = 0)', t);
+    END LOOP;
+END $$;
+
 -- Writers of ledger rows hold this lock (shared: writers never wait for each other) from
 -- before their row gets its seq until commit. The sealer takes it exclusively for an instant:
 -- once it has it, every seq up to max(seq) is committed or gone, so sealing in seq order is
