@@ -109,8 +109,9 @@ async def warm_up(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Call the terminal path's functions once on a new connection, for nothing, and roll back.
     PL/pgSQL compiles a function on a connection's first call of it, and the backend fills its
     catalog caches: the first calls take ~16 ms against ~3 ms warm (loadtest/pgwarm.py), paid
-    otherwise by the first requests that reach the connection -- under load, all at once. Terminal 0 and the empty national id
-    exist nowhere, so every call answers early, and nothing outlives the rollback."""
+    otherwise by the first requests that reach the connection -- under load, all at once.
+    Terminal 0 and the empty national id exist nowhere, so every call answers early, and
+    nothing outlives the rollback."""
     key = f"warm-up-{conn.get_server_pid()}"  # connections warming at once do not queue
     transaction = conn.transaction()
     await transaction.start()
