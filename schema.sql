@@ -455,9 +455,10 @@ LANGUAGE plpgsql
 -- no hash or merge joins. Then no statistics -- stale, or of a table analysed while it was
 -- empty -- can turn a probe into a scan of a grown table, and one generic plan per connection
 -- is safe: planned once, not per call (30 % of the backend's time for a batch of 8,
--- loadtest/plan_cache_modes.sql). Left to choose, PostgreSQL kept plans made while
--- terminal_requests was small, which then read it whole on every batch (1,556 req/s instead
--- of ~5,000; BENCHMARKS.md). tests/integration/test_connections.py reads the scan counts.
+-- loadtest/plan_cache_modes.sql). Generic plans alone -- and once PostgreSQL left to choose --
+-- kept plans made while terminal_requests was empty, which then read it whole on every batch
+-- (1,556 and 3,149 req/s instead of ~5,000; BENCHMARKS.md). tests/integration/
+-- test_connections.py analyses the tables empty, lets them grow and counts the scans.
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$

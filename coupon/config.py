@@ -19,8 +19,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     # connections per process. The pool is opened whole before the first request (min = max
-    # unless set): a connection opened under load costs ~20 ms of CPU on both sides (log-in,
-    # codecs, warm-up), just when requests are already waiting (issue 6)
+    # unless set): a connection opened under load costs its first requests ~15 ms (log-in,
+    # codecs, PL/pgSQL compiling), just when requests are already waiting (issue 6)
     pool_min_size: int | None = None
     pool_max_size: int = 16
     # seconds a request waits for a pool connection, a new connection, or one statement before
