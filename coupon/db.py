@@ -164,11 +164,10 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
     if role:
         # a startup setting: the session keeps it whatever a statement does
         server_settings["role"] = role
+    # opened whole unless a floor is set (0: on demand)
+    floor = settings.pool_max_size if settings.pool_min_size is None else settings.pool_min_size
     options: dict[str, Any] = {
-        "min_size": min(
-            settings.pool_max_size,
-            settings.pool_max_size if settings.pool_min_size is None else settings.pool_min_size,
-        ),
+        "min_size": min(floor, settings.pool_max_size),
         "max_size": settings.pool_max_size,
         "command_timeout": settings.db_timeout,
         "timeout": settings.db_timeout,

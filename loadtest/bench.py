@@ -95,48 +95,43 @@ def pgbench_binary() -> str:
     return found
 
 
-async def settle(dsn: str) -> int:
+async def settle(dsn: str) -> dict[str, int]:
     """VACUUM (ANALYZE), then CHECKPOINT: each phase starts from a settled database, as pgbench
     vacuums its tables before its own run. Without the vacuum, autovacuum took up the previous
     phase's rows half-way through the next one (WAL 12-15 MiB/s against 8.5, p50 25-60 ms for
     3-5 s). Without the checkpoint, a phase could meet a timed one half-way (up to a third more
-    PostgreSQL CPU). Returns how many checkpoints the server has made, to report any that
-    still fell inside a phase."""
+    PostgreSQL CPU). Returns the server's counts of both so far (`since` reports any that
+    still fell inside the phase)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("VACUUM (ANALYZE)")
         await conn.execute("CHECKPOINT")
-        return await checkpoints_made(conn)
+        return await maintenance_counts(conn)
     finally:
         await conn.close()
 
 
-async def autovacuums(dsn: str) -> int:
-    """Autovacuum runs so far on this database's tables (to report those inside a phase)."""
+async def since(dsn: str, before: dict[str, int]) -> dict[str, int]:
+    """Checkpoints and autovacuum runs since `before` (settle's counts): `<name>_during`."""
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT sum(autovacuum_count) FROM pg_stat_user_tables"))
+        now = await maintenance_counts(conn)
     finally:
         await conn.close()
+    return {f"{k}_during": now[k] - before[k] for k in now}
 
 
-async def checkpoints_made(conn: asyncpg.Connection) -> int:
+async def maintenance_counts(conn: asyncpg.Connection) -> dict[str, int]:
     try:  # PostgreSQL 17+
-        return int(
-            await conn.fetchval("SELECT num_timed + num_requested FROM pg_stat_checkpointer")
+        checkpoints = await conn.fetchval(
+            "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
         )
     except asyncpg.UndefinedTableError:
-        return int(
-            await conn.fetchval("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        checkpoints = await conn.fetchval(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
         )
-
-
-async def checkpoints_since(dsn: str, before: int) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await checkpoints_made(conn) - before
-    finally:
-        await conn.close()
+    vacuums = await conn.fetchval("SELECT sum(autovacuum_count) FROM pg_stat_user_tables")
+    return {"checkpoints": int(checkpoints), "autovacuums": int(vacuums or 0)}
 
 
 def pgbench(
@@ -148,7 +143,7 @@ def pgbench(
     made = loop.run_until_complete(settle(dsn))
     with Sampler([]) as sampler:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    extra = loop.run_until_complete(checkpoints_since(dsn, made))
+    extra = loop.run_until_complete(since(dsn, made))["checkpoints_during"]
     # pgbench's tables go: nothing of them is vacuumed or cached while the service runs
     subprocess.run([exe, "-i", "-I", "d", "-q", dsn], check=True, capture_output=True)
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
@@ -552,7 +547,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base, _, src = name.partition("@")
             workers, env = VARIANTS[base]
             made = loop.run_until_complete(settle(dsn))
-            vacuumed = loop.run_until_complete(autovacuums(dsn))
             server = Server(dsn, workers, env, OUT / f"server-{i}-{base}.log", src)
             try:
                 closed = closed_loop(
@@ -566,8 +560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
             closed["variant"] = name
-            closed["checkpoints_during"] = loop.run_until_complete(checkpoints_since(dsn, made))
-            closed["autovacuums_during"] = loop.run_until_complete(autovacuums(dsn)) - vacuumed
+            closed |= loop.run_until_complete(since(dsn, made))
             closed["invariants"] = loop.run_until_complete(check_invariants(dsn))
             result["closed"].append(closed)
             print(
@@ -589,7 +582,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base, _, src = args.variants.split(",")[0].partition("@")
             workers, env = VARIANTS[base]
             made = loop.run_until_complete(settle(dsn))
-            vacuumed = loop.run_until_complete(autovacuums(dsn))
             server = Server(dsn, workers, env, OUT / "server-open.log", src)
             try:
                 rate = args.open_rate or args.open_fraction * peak
@@ -597,8 +589,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
             opened["invariants"] = loop.run_until_complete(check_invariants(dsn))
-            opened["checkpoints_during"] = loop.run_until_complete(checkpoints_since(dsn, made))
-            opened["autovacuums_during"] = loop.run_until_complete(autovacuums(dsn)) - vacuumed
+            opened |= loop.run_until_complete(since(dsn, made))
             result["open"] = opened
             plot(opened, OUT / "bench.png")
             lat = opened["latency_ms"]
