@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test soak lint fmt bench bench-all bench-bulk bench-stream wrk clean
+.PHONY: install run test test-pg15 soak lint fmt bench bench-all bench-bulk bench-stream wrk clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ run: install          ## the service with demo data on the embedded PostgreSQL
 
 test: install         ## the whole suite against a real PostgreSQL
 	$(BIN)/python -m pytest
+
+test-pg15: install    ## the database-facing tests again on Debian's PostgreSQL 15 (installed and started)
+	.ci/with-postgres-15 $(BIN)/python -m pytest -q tests/unit tests/integration \
+		--deselect tests/integration/test_dashboard_browser.py
 
 soak: install         ## the long reliability runs; figures in test-artifacts/reliability.jsonl
 	rm -f test-artifacts/reliability.jsonl

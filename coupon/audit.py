@@ -64,6 +64,7 @@ async def ledger_page(
     conn: db.Connection, where: LedgerFilter, after: int, limit: int
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Up to limit entries after the cursor, and the next cursor (None at the end)."""
+    horizon = await commit_horizon(conn)
     async with conn.transaction(readonly=True):
         await read_only(conn)
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
@@ -72,7 +73,7 @@ async def ledger_page(
             if where.since is None and where.until is None
             else ("ledger_page_in_window")
         )
-        rows = await conn.fetch(db.q(query), *where.args(), after, limit + 1)
+        rows = await conn.fetch(db.q(query), *where.args(), after, limit + 1, horizon)
     entries = [dict(r) for r in rows[:limit]]
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 
@@ -82,6 +83,7 @@ async def export_csv(
 ) -> None:
     """Stream every matching entry as CSV (PostgreSQL formats it; memory stays flat)."""
     query = db.q("ledger_page")
+    horizon = await commit_horizon(conn)
     async with conn.transaction(readonly=True):
         await read_only(conn)
         await conn.copy_from_query(
@@ -89,6 +91,7 @@ async def export_csv(
             *where.args(),
             0,
             None,
+            horizon,
             output=write,
             format="csv",
             header=True,
@@ -103,14 +106,21 @@ async def settlement(conn: db.Connection, day: dt.date) -> list[dict[str, Any]]:
         return [dict(r) for r in await conn.fetch(db.q("settlement"), day, timeout=db.BULK_TIMEOUT)]
 
 
+async def commit_horizon(conn: db.Connection) -> int:
+    """The highest seq below which every ledger row is committed or never will be (waits for
+    the writers in flight, for an instant; new ones wait only as long)."""
+    async with conn.transaction():
+        horizon: int = (await conn.fetchrow(db.q("ledger_horizon")))["horizon"]  # type: ignore[index]
+    return horizon
+
+
 async def seal(conn: db.Connection, max_rows: int = MAX_BLOCK_ROWS) -> int:
     """Seal every committed, unsealed ledger row into new blocks; returns how many.
 
     Safe with several processes (one sealer at a time) and never blocks writers for longer
     than it takes the transactions already in flight to commit."""
     sealed = 0
-    async with conn.transaction():
-        horizon: int = (await conn.fetchrow(db.q("ledger_horizon")))["horizon"]  # type: ignore[index]
+    horizon = await commit_horizon(conn)
     while True:
         async with conn.transaction():
             await conn.execute(db.q("lock_sealer"))

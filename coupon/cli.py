@@ -1,4 +1,5 @@
-"""The `coupon` command: db init, serve, token create, households import, demo."""
+"""The `coupon` command: db init|migrate|status|roles, serve, token create, households import,
+audit verify, report settlement, demo."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 
-from coupon import audit, db, households, logs, tokens
+from coupon import audit, db, errors, households, logins, logs, migrations, tokens
 from coupon.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -33,7 +35,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     settings = Settings()
     logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
-    result: int = args.run(settings, args)
+    try:
+        result: int = args.run(settings, args)
+    except errors.DatabaseNotReady as exc:
+        print(f"coupon: {exc}", file=sys.stderr)
+        return 2
+    except asyncpg.InsufficientPrivilegeError as exc:
+        print(
+            f"coupon: the database refused: {exc} (migrations run as {logins.OWNER}, or a "
+            f"superuser; the service as {logins.WRITER})",
+            file=sys.stderr,
+        )
+        return 2
     return result
 
 
@@ -41,9 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coupon", description=__doc__)
     sub = parser.add_subparsers()
 
-    dbp = sub.add_parser("db", help="database schema").add_subparsers()
-    init = dbp.add_parser("init", help="apply schema.sql (idempotent)")
-    init.set_defaults(run=_db_init)
+    dbp = sub.add_parser("db", help="database schema and roles").add_subparsers()
+    init = dbp.add_parser(
+        "init", help="create the schema, or migrate it to the newest version (idempotent)"
+    )
+    init.set_defaults(run=_db_migrate)
+    migrate = dbp.add_parser("migrate", help="apply the pending migrations (the same as init)")
+    migrate.set_defaults(run=_db_migrate)
+    status = dbp.add_parser("status", help="applied and pending migrations; exit 1 if not current")
+    status.set_defaults(run=_db_status)
+    roles = dbp.add_parser(
+        "roles", help="print the SQL a DBA runs once: login roles and the database"
+    )
+    roles.add_argument("--database", default="coupon", help="database name (default: coupon)")
+    roles.set_defaults(run=_db_roles)
 
     serve = sub.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default=None)
@@ -90,19 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _with_database(
-    settings: Settings, work: Callable[[db.Connection], Awaitable[Any]], init: bool = True
-) -> Any:
-    """Run work on one connection (embedded PostgreSQL started and stopped around it)."""
+def _with_database(settings: Settings, work: Callable[[db.Connection], Awaitable[Any]]) -> Any:
+    """Run work on one connection of the service's login, on a database at the newest schema
+    (embedded PostgreSQL started and stopped around it)."""
 
     async def run() -> Any:
-        async with db.database_url(settings) as dsn:
-            import asyncpg
-
-            conn = await asyncpg.connect(dsn)
+        async with db.database(settings) as database:
+            conn = await asyncpg.connect(database.service)
             try:
-                if init:
-                    await db.apply_schema(conn, settings.counter_shards)
+                await migrations.check_current(conn)
                 return await work(conn)
             finally:
                 await conn.close()
@@ -110,12 +130,61 @@ def _with_database(
     return asyncio.run(run())
 
 
-def _db_init(settings: Settings, args: argparse.Namespace) -> int:
-    async def noop(conn: db.Connection) -> None:
-        return None
+async def _migrate(database: db.Database, settings: Settings) -> list[str]:
+    conn = await asyncpg.connect(database.schema)
+    try:
+        return await migrations.migrate(conn, settings.counter_shards)
+    finally:
+        await conn.close()
 
-    _with_database(settings, noop)
-    print("schema applied")
+
+def _db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> list[str]:
+        async with db.database(settings) as database:
+            return await _migrate(database, settings)
+
+    done = asyncio.run(run())
+    newest = migrations.available()[-1].label
+    print(f"applied {', '.join(done)}" if done else "nothing to apply")
+    print(f"schema at {newest}")
+    return 0
+
+
+def _db_status(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> migrations.Status:
+        async with db.database(settings) as database:
+            conn = await asyncpg.connect(database.schema)
+            try:
+                return await migrations.status(conn)
+            finally:
+                await conn.close()
+
+    state = asyncio.run(run())
+    for a in state.applied:
+        print(
+            f"applied  {a.version:04d}_{a.name}  {a.applied_at:%Y-%m-%d %H:%M:%S%z}  {a.applied_as}"
+        )
+    for m in state.pending:
+        print(f"pending  {m.label}")
+    for c in state.changed:
+        print(f"changed  {c.label}  (the file differs from what was applied)")
+    for u in state.unknown:
+        print(f"unknown  {u.version:04d}_{u.name}  (newer than this code)")
+    print("current" if state.current else "not current")
+    return 0 if state.current else 1
+
+
+def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
+    passwords = logins.new_passwords()
+    print("-- Run once as a superuser (psql), then keep the passwords in your secret store.")
+    for statement in logins.role_statements(passwords) + logins.database_statements(args.database):
+        print(statement + ";")
+    print("-- Then, on the Coupon server:")
+    for role, use in ((logins.OWNER, "coupon db migrate"), (logins.WRITER, "coupon serve")):
+        print(
+            f"--   {use}: DATABASE_URL=postgresql://{role}:{passwords[role]}@HOST:5432/"
+            f"{args.database}"
+        )
     return 0
 
 
@@ -201,13 +270,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         return _serve_workers(settings, host, port, args.workers)
 
     async def run() -> None:
-        async with db.database_url(settings) as dsn:
-            conn = await _connect(dsn)
-            try:
-                await db.apply_schema(conn, settings.counter_shards)
-            finally:
-                await conn.close()
-            await serve_until_stopped(settings, dsn, host, port)
+        async with db.database(settings) as database:
+            await migrations.preflight(database.service)
+            await serve_until_stopped(settings, database.service, host, port)
 
     _run_server_loop(settings, run())
     return 0
@@ -221,12 +286,6 @@ def _run_server_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> Non
         uvloop.run(main)
     else:
         asyncio.run(main)
-
-
-async def _connect(dsn: str) -> db.Connection:
-    import asyncpg
-
-    return await asyncpg.connect(dsn)
 
 
 async def serve_until_stopped(
@@ -314,18 +373,10 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> in
     is shared; no state lives in a worker."""
     import coupon.app  # noqa: F401  imported once here, so forked workers start warm
 
-    with db.database_url_blocking(settings) as dsn:
-
-        async def prepare() -> None:
-            conn = await _connect(dsn)
-            try:
-                await db.apply_schema(conn, settings.counter_shards)
-            finally:
-                await conn.close()
-
+    with db.database_blocking(settings) as database:
         # no event loop and no thread may be running when the workers are forked
-        asyncio.run(prepare())
-        return _supervise(settings, dsn, host, port, workers)
+        asyncio.run(migrations.preflight(database.service))
+        return _supervise(settings, database.service, host, port, workers)
 
 
 def _supervise(settings: Settings, dsn: str, host: str, port: int, workers: int) -> int:
@@ -380,10 +431,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     rate = 0.0 if args.no_serve else max(args.rate, 0.0)
 
     async def run() -> None:
-        async with db.database_url(settings) as dsn:
-            conn = await _connect(dsn)
+        async with db.database(settings) as database:
+            if database.schema != database.service:  # embedded: ours to migrate
+                await _migrate(database, settings)
+            dsn = database.service
+            await migrations.preflight(dsn)
+            conn = await asyncpg.connect(dsn)
             try:
-                await db.apply_schema(conn, settings.counter_shards)
                 seeded = await demo.seed(
                     conn, settings.data_dir, args.households or demo.DEFAULT_HOUSEHOLDS
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import cache
@@ -17,17 +17,15 @@ import asyncpg
 import orjson
 import structlog
 
-from coupon import errors
+from coupon import errors, logins
 from coupon.config import Settings
-from coupon.embedded import EmbeddedPostgres
-from coupon.provinces import iran_provinces
+from coupon.embedded import EmbeddedPostgres, write_private
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-# Serialises concurrent `db init`s (several workers starting at once).
-_SCHEMA_LOCK_KEY = 0x636F75706F6E  # "coupon"
 _EMBEDDED_DATABASE = "coupon"
+# serialises the embedded cluster's role set-up between commands starting at once
+_BOOTSTRAP_LOCK_KEY = 0x636F75706F6F
 
 if TYPE_CHECKING:
     Connection: TypeAlias = (
@@ -86,13 +84,6 @@ def q(name: str) -> str:
     return queries()[name]
 
 
-def schema_sql() -> str:
-    """The schema: the repository's schema.sql, or the packaged copy when installed elsewhere."""
-    if SCHEMA_PATH.exists():
-        return SCHEMA_PATH.read_text(encoding="utf-8")
-    return resources.files("coupon").joinpath("sql/schema.sql").read_text(encoding="utf-8")
-
-
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -136,34 +127,15 @@ async def _no_reset_query(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     of their own (live.py)."""
 
 
-WRITER_ROLE = "coupon_writer"
 # seconds a bulk statement may run (import, tranche opening, export, verification, sealing):
 # the pool's db_timeout is for requests, and would cut these off half-way
 BULK_TIMEOUT = 3600.0
 
 
-async def _writer_role(dsn: str) -> str | None:
-    """coupon_writer when the database has it and this login may become it."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        allowed: bool = await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1) "
-            "AND pg_has_role(session_user, $1, 'MEMBER')",
-            WRITER_ROLE,
-        )
-    finally:
-        await conn.close()
-    return WRITER_ROLE if allowed else None
-
-
 async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
-    """A pool whose connections run as coupon_writer (no UPDATE/DELETE on the ledger), decode
-    json with orjson and give up after db_timeout."""
+    """A pool whose connections decode json with orjson and give up after db_timeout; they log
+    in as the DSN says (the service: coupon_writer)."""
     server_settings = {"timezone": "UTC", "jit": "off", "application_name": "coupon"}
-    role = await _writer_role(dsn)
-    if role:
-        # a startup setting: the session keeps it whatever a statement does
-        server_settings["role"] = role
     # opened whole unless a floor is set (0: on demand)
     floor = settings.pool_max_size if settings.pool_min_size is None else settings.pool_min_size
     options: dict[str, Any] = {
@@ -203,66 +175,82 @@ async def close_pool(pool: Pool, grace: float) -> None:
         pool.terminate()
 
 
-async def apply_schema(conn: Connection, counter_shards: int) -> None:
-    """Apply schema.sql and load the provinces; safe to run again and concurrently."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-        await conn.execute(schema_sql())
-        await conn.executemany(
-            q("upsert_province"), [(p.code, p.name_en, p.name_fa) for p in iran_provinces()]
-        )
-        stored = await conn.fetchval(q("get_meta"), "counter_shards")
-        shards = int(stored) if stored else counter_shards
-        await conn.execute(q("set_meta"), "counter_shards", str(shards))
-        await conn.execute(q("create_all_tranche_counters"), shards)
-        digest = hashlib.sha256(schema_sql().encode()).hexdigest()
-        await conn.execute(q("set_meta"), "schema_sha256", digest)
-
-
 async def counter_shards(conn: Connection) -> int:
     """How many counter shards per province this database was initialised with."""
     stored = await conn.fetchval(q("get_meta"), "counter_shards")
     return int(stored) if stored else 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Database:
+    """Where a command connects: `schema` runs migrations (the owner, or a superuser who acts as
+    the owner), `service` is everything else (the writer). With DATABASE_URL both are it."""
+
+    schema: str
+    service: str
+
+
 @contextlib.asynccontextmanager
-async def database_url(settings: Settings) -> AsyncIterator[str]:
-    """The DSN to use: DATABASE_URL, or an embedded PostgreSQL started (and stopped) here."""
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    """DATABASE_URL, or an embedded PostgreSQL started (and stopped) here."""
     if settings.database_url:
-        yield settings.database_url
+        yield Database(settings.database_url, settings.database_url)
         return
     server = EmbeddedPostgres(settings.data_dir, durable=settings.embedded_durable)
     admin_dsn = await asyncio.to_thread(server.start)
     try:
-        yield await _ensure_database(admin_dsn, _EMBEDDED_DATABASE)
+        yield await _embedded_database(admin_dsn, settings.data_dir)
     finally:
         await asyncio.to_thread(server.stop)
 
 
 @contextlib.contextmanager
-def database_url_blocking(settings: Settings) -> Iterator[str]:
-    """database_url for a caller with no event loop running (a parent that forks workers)."""
+def database_blocking(settings: Settings) -> Iterator[Database]:
+    """database() for a caller with no event loop running (a parent that forks workers)."""
     if settings.database_url:
-        yield settings.database_url
+        yield Database(settings.database_url, settings.database_url)
         return
     server = EmbeddedPostgres(settings.data_dir, durable=settings.embedded_durable)
     admin_dsn = server.start()
     try:
-        yield asyncio.run(_ensure_database(admin_dsn, _EMBEDDED_DATABASE))
+        yield asyncio.run(_embedded_database(admin_dsn, settings.data_dir))
     finally:
         server.stop()
 
 
-async def _ensure_database(admin_dsn: str, name: str) -> str:
+async def _embedded_database(admin_dsn: str, data_dir: Path) -> Database:
+    """The embedded cluster's login roles (passwords kept in data_dir, 0600) and database."""
     conn = await asyncpg.connect(admin_dsn)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        async with conn.transaction():
+            # several commands may start at once on one data directory
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK_KEY)
+            passwords_file = data_dir / "logins.json"
+            if passwords_file.exists():
+                passwords = orjson.loads(passwords_file.read_bytes())
+            else:
+                passwords = logins.new_passwords()
+                write_private(passwords_file, orjson.dumps(passwords).decode())
+            for statement in logins.role_statements(passwords):
+                await conn.execute(statement)
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", _EMBEDDED_DATABASE
+        )
         if not exists:
             with contextlib.suppress(asyncpg.DuplicateDatabaseError):
-                await conn.execute(f'CREATE DATABASE "{name}"')  # name is our constant
+                for statement in logins.database_statements(_EMBEDDED_DATABASE):
+                    await conn.execute(statement)
     finally:
         await conn.close()
-    return admin_dsn.rsplit("/", 1)[0] + "/" + name
+    return Database(
+        schema=logins.dsn_for(admin_dsn, database=_EMBEDDED_DATABASE),
+        service=logins.dsn_for(
+            admin_dsn,
+            database=_EMBEDDED_DATABASE,
+            role=logins.WRITER,
+            password=passwords[logins.WRITER],
+        ),
+    )
 
 
 # -- driver errors -> domain errors -----------------------------------------------------------

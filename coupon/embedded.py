@@ -138,6 +138,15 @@ def _iter_installs() -> Iterator[_Install]:
             yield inst
 
 
+def client_tool(name: str) -> Path:
+    """A client program (pg_dump, psql, ...) of the newest PostgreSQL found: it can talk to
+    every older server too."""
+    for inst in _iter_installs():
+        if (inst.bin_dir / name).is_file():
+            return inst.bin_dir / name
+    raise EmbeddedPostgresError(f"no PostgreSQL >= {MIN_MAJOR} with {name} found")
+
+
 def _cluster_major(pgdata: Path) -> int | None:
     try:
         text = (pgdata / "PG_VERSION").read_text().strip()
@@ -252,7 +261,7 @@ def _tcp_ready(port: int) -> bool:
         return False
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Atomically write a 0600 file owned by the invoking user."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -540,7 +549,7 @@ class EmbeddedPostgres:
                 f"{SUPERUSER!r}) — the cluster is never reinitialised automatically"
             )
         password = secrets.token_urlsafe(32)
-        _write_private(self.password_file, password + "\n")
+        write_private(self.password_file, password + "\n")
         return password
 
     def _prepare_dirs(self, user: _ServerUser | None) -> None:

@@ -167,6 +167,24 @@ class ServiceUnavailable(CouponError):
     code = "service_unavailable"
 
 
+class DatabaseNotReady(ServiceUnavailable):
+    """The database cannot be served as it is."""
+
+    code = "database_not_ready"
+
+
+class SchemaMismatch(DatabaseNotReady):
+    """The database's schema is not the one this code was built for."""
+
+    code = "schema_mismatch"
+
+
+class UnsafeLogin(DatabaseNotReady):
+    """The service must not log in to the database as a superuser."""
+
+    code = "unsafe_login"
+
+
 class OriginalDeclined(CouponError):
     """The original redemption was declined: there is nothing to reverse."""
 

@@ -47,7 +47,7 @@ import asyncpg
 import psutil
 
 from loadtest import openloop, traffic
-from loadtest.common import OUT, bench_database, machine
+from loadtest.common import OUT, bench_database, machine, service_dsn
 from loadtest.redeem import check_invariants
 
 HERE = Path(__file__).resolve().parent
@@ -181,7 +181,7 @@ class Server:
             ],
             env={
                 **os.environ,
-                "DATABASE_URL": dsn,
+                "DATABASE_URL": service_dsn(dsn),
                 "COUPON_LOG_LEVEL": "info",
                 "COUPON_POOL_MAX_SIZE": "16",
                 **env,

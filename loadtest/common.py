@@ -15,10 +15,17 @@ from typing import Any
 
 import asyncpg
 
-from coupon import db
+from coupon import logins, migrations
 from coupon.embedded import EmbeddedPostgres
 
 OUT = Path(__file__).resolve().parent / "out"
+# the login roles' passwords for this run (set on the server by bench_database)
+PASSWORDS = logins.new_passwords()
+
+
+def service_dsn(dsn: str) -> str:
+    """A bench database as the service logs in to it: coupon_writer."""
+    return logins.dsn_for(dsn, role=logins.WRITER, password=PASSWORDS[logins.WRITER])
 
 
 def machine() -> str:
@@ -45,7 +52,8 @@ def print_result(module: str, figures: dict[str, Any]) -> None:
 
 @contextlib.asynccontextmanager
 async def bench_database(name: str, counter_shards: int = 16) -> AsyncIterator[str]:
-    """A fresh, schema-initialised database on DATABASE_URL or a durable embedded server."""
+    """A fresh, migrated database on DATABASE_URL or a durable embedded server: a superuser's
+    DSN of it (service_dsn() gives the service's)."""
     url = os.environ.get("DATABASE_URL")
     server = None
     if url:
@@ -58,17 +66,19 @@ async def bench_database(name: str, counter_shards: int = 16) -> AsyncIterator[s
     try:
         conn = await asyncpg.connect(admin)
         try:
+            for statement in logins.role_statements(PASSWORDS):
+                await conn.execute(statement)
             await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {name}")
+            await conn.execute(f"CREATE DATABASE {name} OWNER {logins.OWNER}")
             fsync = await conn.fetchval("SHOW fsync")
             sync_commit = await conn.fetchval("SHOW synchronous_commit")
             assert fsync == "on" and sync_commit == "on", "benchmarks run with durable commits"
         finally:
             await conn.close()
-        dsn = admin.rsplit("/", 1)[0] + "/" + name
+        dsn = logins.dsn_for(admin, database=name)
         conn = await asyncpg.connect(dsn)
         try:
-            await db.apply_schema(conn, counter_shards)
+            await migrations.migrate(conn, counter_shards)
         finally:
             await conn.close()
         yield dsn

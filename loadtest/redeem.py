@@ -29,7 +29,7 @@ from coupon import auth, demo, households
 from coupon.models import RedemptionRequest
 from coupon.provinces import iran_provinces
 from coupon.redemption import body_hash
-from loadtest.common import bench_database, print_result
+from loadtest.common import bench_database, print_result, service_dsn
 
 SHARDS = 16
 
@@ -116,7 +116,7 @@ async def http_loop(
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": dsn,
+        "DATABASE_URL": service_dsn(dsn),
         "COUPON_LOG_LEVEL": "warning",
         "COUPON_POOL_MAX_SIZE": str(max(4, 2 * clients // workers)),
     }

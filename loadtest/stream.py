@@ -32,7 +32,7 @@ import orjson
 import psutil
 
 from coupon import auth, tokens
-from loadtest.common import OUT, bench_database, print_result
+from loadtest.common import OUT, bench_database, print_result, service_dsn
 from loadtest.redeem import check_invariants, free_port, seed
 
 SAMPLED = 20  # SSE clients whose every event is recorded for the lag figures
@@ -233,7 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         env = {
             **os.environ,
-            "DATABASE_URL": dsn,
+            "DATABASE_URL": service_dsn(dsn),
             "COUPON_LOG_LEVEL": "warning",
             "COUPON_POOL_MAX_SIZE": str(max(4, 2 * args.http_clients // args.workers)),
         }

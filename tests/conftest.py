@@ -1,6 +1,8 @@
-"""A real PostgreSQL for the suite: DATABASE_URL when set, otherwise an embedded cluster
-(fsync off, test data only). The schema is applied once to a template database; every test
-gets a fresh clone of it."""
+"""A real PostgreSQL for the suite: DATABASE_URL (a superuser) when set, otherwise an embedded
+cluster (fsync off, test data only). The login roles are made once per cluster, the schema is
+migrated once into a template database owned by coupon_owner; every test gets a fresh clone.
+The service under test logs in as coupon_writer (`dsn`); `conn` is a superuser's, for set-up
+and for playing the attacker."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from coupon import db, tokens
+from coupon import logins, migrations, tokens
 from coupon.app import create_app
 from coupon.config import Settings
 from coupon.embedded import EmbeddedPostgres
@@ -24,14 +26,17 @@ from coupon.embedded import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "coupon_template"
 TEST_SHARDS = 4
+# test clusters only
+PASSWORDS = {role: f"{role}-test-password" for role in logins.ROLES}
 
 
 def _with_database(dsn: str, name: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    query = ""
-    if "?" in dsn.rsplit("/", 1)[1]:
-        query = "?" + dsn.rsplit("?", 1)[1]
-    return f"{base}/{name}{query}"
+    return logins.dsn_for(dsn, database=name)
+
+
+def as_role(dsn: str, role: str) -> str:
+    """The same database, logged in as one of the service's roles."""
+    return logins.dsn_for(dsn, role=role, password=PASSWORDS[role])
 
 
 def test_data_dir() -> Path:
@@ -63,26 +68,28 @@ def admin_dsn() -> Iterator[str]:
 async def template_dsn(admin_dsn: str) -> AsyncIterator[str]:
     conn = await asyncpg.connect(admin_dsn)
     try:
+        for statement in logins.role_statements(PASSWORDS):
+            await conn.execute(statement)
         await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE} OWNER {logins.OWNER}")
     finally:
         await conn.close()
     dsn = _with_database(admin_dsn, TEMPLATE)
     conn = await asyncpg.connect(dsn)
     try:
-        await db.apply_schema(conn, TEST_SHARDS)
+        await migrations.migrate(conn, TEST_SHARDS)
     finally:
         await conn.close()
     yield dsn
 
 
 @pytest.fixture
-async def dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
-    """A fresh database cloned from the template, dropped after the test."""
+async def superuser_dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    """A fresh database cloned from the template, dropped after the test: a superuser's DSN."""
     name = "t_" + uuid.uuid4().hex[:16]
     conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER {logins.OWNER}")
     finally:
         await conn.close()
     yield _with_database(admin_dsn, name)
@@ -94,8 +101,41 @@ async def dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(dsn)
+async def empty_database(
+    admin_dsn: str, template_dsn: str
+) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Make empty databases, dropped afterwards; a superuser's DSN of each. owner=None: owned by
+    the superuser, as 0.1.0 made them."""
+    made: list[str] = []
+
+    async def make(owner: str | None = logins.OWNER) -> str:
+        name = "e_" + uuid.uuid4().hex[:16]
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}" + (f" OWNER {owner}" if owner else ""))
+        finally:
+            await conn.close()
+        made.append(name)
+        return _with_database(admin_dsn, name)
+
+    yield make
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        for name in made:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def dsn(superuser_dsn: str) -> str:
+    """The test's database as the service logs in to it: coupon_writer."""
+    return as_role(superuser_dsn, logins.WRITER)
+
+
+@pytest.fixture
+async def conn(superuser_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(superuser_dsn)
     try:
         yield connection
     finally:

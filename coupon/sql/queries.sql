@@ -1,5 +1,5 @@
 -- Every DML statement of the service, one block each: a `-- name: <name>` line, a one-line
--- description, then the statement. coupon.db.QUERIES maps name -> SQL; a test prepares them all.
+-- description, then the statement. coupon.db.queries() maps name -> SQL; a test prepares them all.
 
 -- name: upsert_province
 -- Load or refresh one province's names (from pycountry / iso3166-2 at `db init`).
@@ -18,13 +18,21 @@ ON CONFLICT DO NOTHING;
 SELECT code, name_en, name_fa FROM provinces ORDER BY code;
 
 -- name: set_meta
--- Record a schema fact (schema hash, counter shard count).
+-- Record a schema fact (the counter shard count).
 INSERT INTO schema_meta (key, value) VALUES ($1, $2)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: get_meta
 -- Read a schema fact.
 SELECT value FROM schema_meta WHERE key = $1;
+
+-- name: applied_migrations
+-- The migrations recorded in this database, oldest first.
+SELECT version, name, checksum, applied_at, applied_as FROM schema_migrations ORDER BY version;
+
+-- name: record_migration
+-- Record one migration as applied (in the transaction that applied it).
+INSERT INTO schema_migrations (version, name, checksum, applied_as) VALUES ($1, $2, $3, $4);
 
 -- name: create_token
 -- Store a new API token by its SHA-256 hash; the token itself is never stored.
@@ -339,7 +347,8 @@ ORDER BY p.code;
 SELECT EXISTS (SELECT FROM tranches WHERE id = $1);
 
 -- name: ledger_page
--- One page of the ledger in seq order after a cursor; every filter is optional (null = any).
+-- One page of the ledger in seq order after a cursor, up to a commit horizon (a lower seq can
+-- commit after a higher one: a page past the horizon could skip it); filters: null = any.
 -- Run with plan_cache_mode = force_custom_plan so each call is planned for its own filters;
 -- the inner select finds the page's seqs (often from an index alone), the outer fetches rows.
 SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
@@ -355,7 +364,7 @@ WHERE seq IN (
       AND ($6::text IS NULL OR kind = $6)
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
-      AND seq > $9
+      AND seq > $9 AND seq <= $11
     ORDER BY seq
     LIMIT $10
 )
@@ -378,7 +387,7 @@ WHERE seq IN (
       AND ($6::text IS NULL OR kind = $6)
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
-      AND seq > $9
+      AND seq > $9 AND seq <= $11
     ORDER BY seq + 0
     LIMIT $10
 )

@@ -135,6 +135,7 @@ async def test_pagination_neither_skips_nor_repeats_while_redemptions_continue(
     cursor = "0"
     pages = 0
     while True:
+        writer_done = writer.done()  # before the page is asked for
         body = await page(client, auditor, f"limit=7&after={cursor}")
         seen.extend(e["seq"] for e in body["entries"])
         pages += 1
@@ -142,8 +143,12 @@ async def test_pagination_neither_skips_nor_repeats_while_redemptions_continue(
             stop.set()
             assert await writer > 0
         if body["next"] is None:
-            break
-        cursor = body["next"]
+            if writer_done:
+                break
+            # caught up with the writer: ask again from the last row seen
+            cursor = str(seen[-1]) if seen else cursor
+        else:
+            cursor = body["next"]
         await asyncio.sleep(0.01)
     stop.set()
     await writer
@@ -421,11 +426,48 @@ async def test_the_service_role_cannot_change_the_ledger(
     assert await conn.fetchval("SELECT amount FROM ledger") == 1000
 
 
-async def test_the_pool_runs_as_the_writer_role(client: Client) -> None:
+async def test_every_service_connection_logs_in_as_the_writer_with_no_way_up(
+    client: Client, operator: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    """The pool, the live counters' listener and publisher: all log in as coupon_writer, none
+    can become a superuser, run a program, switch off the ledger's guards or write it."""
     from coupon.api import keys
 
+    world = await make_world(client, operator, n=1)
+    await world.terminal.redeem(next(iter(world.credit)), 1000)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the listener and the publisher connect in the background
+        logins = await conn.fetch(
+            "SELECT usename, application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        names = {r["application_name"] for r in logins}
+        if {"coupon", "coupon-stats-listener", "coupon-stats-publisher"} <= names:
+            break
+        assert asyncio.get_running_loop().time() < deadline, names
+        await asyncio.sleep(0.1)
+    assert {r["usename"] for r in logins} == {"coupon_writer"}
+
     async with client.app[keys.POOL].acquire() as pooled:
+        await pooled.execute("SET ROLE NONE")
         assert await pooled.fetchval("SELECT current_user") == "coupon_writer"
+        assert not await pooled.fetchval(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        for sql in (
+            "COPY (SELECT 1) TO PROGRAM 'true'",
+            "ALTER TABLE ledger DISABLE TRIGGER ALL",
+            "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, "
+            "province, tranche_id, amount) VALUES ('redemption', 'forged1', "
+            f"{world.terminal.terminal_id}, {world.terminal.merchant_id}, '0084575948', "
+            "'IR-15', 1, 999999)",
+            "SET session_replication_role = replica",
+            "CREATE TABLE public.x (id int)",
+            "ALTER ROLE coupon_writer SUPERUSER",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await pooled.execute(sql)
+    assert await conn.fetchval("SELECT count(*) FROM ledger") == 1
 
 
 async def test_auditor_reads_are_read_only(conn: asyncpg.Connection) -> None:

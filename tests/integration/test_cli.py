@@ -28,11 +28,27 @@ async def coupon(dsn: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_db_init_is_idempotent(dsn: str, conn: asyncpg.Connection) -> None:
+async def test_db_init_is_idempotent(superuser_dsn: str, conn: asyncpg.Connection) -> None:
     for _ in range(2):
-        code, out, _ = await coupon(dsn, "db", "init")
-        assert code == 0 and "schema applied" in out
+        code, out, _ = await coupon(superuser_dsn, "db", "init")
+        assert code == 0 and "nothing to apply" in out and "schema at 0002" in out
     assert await conn.fetchval("SELECT count(*) FROM provinces") == 31
+    code, out, _ = await coupon(superuser_dsn, "db", "status")
+    assert code == 0 and "applied  0002_least_privilege" in out and out.endswith("current\n")
+
+
+async def test_db_migrate_as_the_service_login_is_refused_in_one_line(dsn: str) -> None:
+    code, _, err = await coupon(dsn, "db", "migrate")
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "coupon_owner" in err
+
+
+async def test_db_roles_prints_what_a_dba_runs(dsn: str) -> None:
+    code, out, _ = await coupon(dsn, "db", "roles", "--database", "kalabarg")
+    assert code == 0
+    assert "CREATE DATABASE kalabarg OWNER coupon_owner;" in out
+    assert "NOSUPERUSER" in out and "GRANT coupon_reader TO coupon_writer;" in out
 
 
 async def test_token_create_prints_the_token_last(dsn: str, conn: asyncpg.Connection) -> None:

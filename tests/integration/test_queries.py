@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from coupon import db
+from coupon import db, migrations
 
 # statements that need the import's temporary tables, in the order the import runs them
 IMPORT_STEPS = ("create_import_lines", "classify_import_lines")
@@ -20,8 +20,8 @@ async def test_every_query_prepares(conn: asyncpg.Connection) -> None:
             await conn.prepare(db.q(name))
 
 
-async def test_schema_applies_twice(conn: asyncpg.Connection) -> None:
-    await db.apply_schema(conn, 4)
-    await db.apply_schema(conn, 4)
+async def test_migrate_again_changes_nothing(conn: asyncpg.Connection) -> None:
+    assert await migrations.migrate(conn, 4) == []
+    assert await migrations.migrate(conn, 4) == []
     assert await conn.fetchval("SELECT count(*) FROM provinces") == 31
     assert await conn.fetchval("SELECT count(*) FROM province_counters_all") == 31 * 4

@@ -19,10 +19,10 @@ import asyncpg
 import orjson
 import pytest
 
-from coupon import db
+from coupon import logins, migrations
 from coupon.config import Settings
 from coupon.embedded import EmbeddedPostgres
-from tests.conftest import TEST_SHARDS
+from tests.conftest import PASSWORDS, TEST_SHARDS, as_role
 from tests.faultproxy import FaultProxy
 from tests.reliability.harness import (
     Answer,
@@ -87,16 +87,18 @@ async def durable_dsn(durable_cluster: EmbeddedPostgres) -> AsyncIterator[str]:
     try:
         assert await conn.fetchval("SHOW fsync") == "on"
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
-        await conn.execute("CREATE DATABASE outage")
+        for statement in logins.role_statements(PASSWORDS):
+            await conn.execute(statement)
+        await conn.execute(f"CREATE DATABASE outage OWNER {logins.OWNER}")
     finally:
         await conn.close()
-    dsn = admin.rsplit("/", 1)[0] + "/outage"
+    dsn = logins.dsn_for(admin, database="outage")
     conn = await asyncpg.connect(dsn)
     try:
-        await db.apply_schema(conn, TEST_SHARDS)
+        await migrations.migrate(conn, TEST_SHARDS)
     finally:
         await conn.close()
-    yield dsn
+    yield as_role(dsn, logins.WRITER)
 
 
 async def test_postgres_stopped_and_started_under_load(

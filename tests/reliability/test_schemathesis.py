@@ -18,10 +18,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
-from coupon import auth, tokens
+from coupon import auth, logins, tokens
 from coupon.api.openapi import document
 from coupon.api.routes import ROUTES
-from tests.conftest import TEMPLATE, _with_database
+from tests.conftest import TEMPLATE, _with_database, as_role
 from tests.reliability.harness import Pos, Server, record, seed, soak
 
 EXAMPLES = 300 if soak() else 100
@@ -80,7 +80,7 @@ async def api_dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
     name = "t_fuzz_" + uuid.uuid4().hex[:12]
     conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER {logins.OWNER}")
     finally:
         await conn.close()
     yield _with_database(admin_dsn, name)
@@ -100,7 +100,7 @@ async def api(api_dsn: str) -> AsyncIterator[Api]:
         auditor = await tokens.create_token(conn, "auditor", "fuzz")
     finally:
         await conn.close()
-    server = Server(api_dsn, workers=1, env={"COUPON_SEAL_INTERVAL": "0.2"})
+    server = Server(as_role(api_dsn, logins.WRITER), workers=1, env={"COUPON_SEAL_INTERVAL": "0.2"})
     await server.start()
     try:
         yield Api(server.base, world.terminals[0], operator, auditor)

@@ -1,0 +1,831 @@
+-- Coupon: the whole schema at its newest version. `coupon db init` applies this file to an empty
+-- database; an existing one reaches the same catalog through coupon/sql/migrations/ (a test
+-- compares the two). A change here comes with a new migration.
+-- Money is integer rials (bigint), time is timestamptz, invariants are CHECKs named
+-- <table>_<what>_<kind>. The hot path (redeem, reverse, balance) lives in SQL functions at the
+-- end of this file so that a terminal request costs one database round trip.
+
+-- Advisory lock keys (7365626, n), one meaning each -- keep this list whole:
+--   1 household import (one at a time)      2 ledger writers (shared) / seal horizon (exclusive)
+--   3 the ledger sealer (one at a time)     4 the live-counters publisher (session lock)
+-- (terminal, request_id) locks use other first keys: see terminal_request_lock().
+
+CREATE TABLE schema_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- 31 provinces by ISO 3166-2:IR code; rows are loaded by `coupon db init` from pycountry and
+-- the iso3166-2 package (names are never typed by hand).
+CREATE TABLE provinces (
+    code    text PRIMARY KEY CONSTRAINT provinces_code_check CHECK (code ~ '^IR-[0-9]{2}$'),
+    name_en text NOT NULL,
+    name_fa text NOT NULL
+);
+
+-- The SPEC's national-id rule in SQL: s = sum(d[i] * (10 - i), i = 0..8) % 11; valid iff
+-- d9 = s when s < 2, else d9 = 11 - s. A plain expression, so the planner inlines it; the array
+-- maps s to its check digit. For one value at a time; the import validates millions of rows
+-- with the two-step form below (3x cheaper per row).
+CREATE OR REPLACE FUNCTION national_id_is_valid(nid text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN octet_length(nid) = 10 AND nid ~ '^[0-9]{10}$' AND nid <> repeat(left(nid, 1), 10)
+   AND ascii(substr(nid, 10, 1)) - 48 = ('{0,1,9,8,7,6,5,4,3,2,1}'::int[])[1 + (
+         ascii(substr(nid, 1, 1)) * 10 + ascii(substr(nid, 2, 1)) * 9
+       + ascii(substr(nid, 3, 1)) * 8 + ascii(substr(nid, 4, 1)) * 7
+       + ascii(substr(nid, 5, 1)) * 6 + ascii(substr(nid, 6, 1)) * 5
+       + ascii(substr(nid, 7, 1)) * 4 + ascii(substr(nid, 8, 1)) * 3
+       + ascii(substr(nid, 9, 1)) * 2 - 48 * 54) % 11];
+
+-- The same rule in two steps, so that a bulk caller parses each id once and checks it with
+-- plain bigint arithmetic (the regex and ten substr() calls above cost ~1.2 s per million
+-- rows, these ~0.35 s): national_id_checksum_ok(national_id_number(x)) is true exactly when
+-- national_id_is_valid(x) is (false or null otherwise). Compute national_id_number() in a
+-- subquery and pass the column: inlining copies the argument into each of its ~15 references.
+
+-- The id as a number: 0..9999999999 when it is exactly 10 ASCII digits, else null (the guard
+-- keeps the cast from ever failing). The cast applies to the CASE, not inside it: a
+-- constant argument is then never cast at plan time (a constant THEN branch is folded even
+-- when its WHEN is false at run time).
+CREATE OR REPLACE FUNCTION national_id_number(nid text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (CASE WHEN octet_length(nid) = 10 AND ltrim(nid, '0123456789') = '' THEN nid END)::int8;
+
+-- The checksum on that number: 10 digits, not all alike (n a multiple of 1111111111), and the
+-- last digit is the one the array maps s to.
+CREATE OR REPLACE FUNCTION national_id_checksum_ok(n bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN n BETWEEN 0 AND 9999999999 AND n % 1111111111 <> 0
+   AND n % 10 = ('{0,1,9,8,7,6,5,4,3,2,1}'::int8[])[1 + (
+         n / 1000000000 * 10 + n / 100000000 % 10 * 9 + n / 10000000 % 10 * 8
+       + n / 1000000 % 10 * 7 + n / 100000 % 10 * 6 + n / 10000 % 10 * 5
+       + n / 1000 % 10 * 4 + n / 100 % 10 * 3 + n / 10 % 10 * 2) % 11];
+
+CREATE TABLE households (
+    national_id text COLLATE "C" PRIMARY KEY
+        -- full checksum validation happens on the way in (API, import); a regex CHECK here
+        -- would cost the bulk import 40 %
+        CONSTRAINT households_national_id_check CHECK (octet_length(national_id) = 10),
+    -- no foreign key: the import checks provinces set-based, a per-row trigger would halve it
+    province    text NOT NULL CONSTRAINT households_province_check CHECK (octet_length(province) = 5),
+    members     smallint NOT NULL CONSTRAINT households_members_check CHECK (members BETWEEN 1 AND 30),
+    decile      smallint NOT NULL CONSTRAINT households_decile_check CHECK (decile BETWEEN 1 AND 10),
+    status      text NOT NULL DEFAULT 'active'
+        CONSTRAINT households_status_check CHECK (status IN ('active', 'suspended')),
+    -- unreversed redemptions over all tranches: 0 -> 1 makes the household "served" in the
+    -- all-tranche counters, 1 -> 0 takes it back; kept under the household's row lock.
+    open_redemptions integer NOT NULL DEFAULT 0
+        CONSTRAINT households_open_redemptions_check CHECK (open_redemptions >= 0),
+    -- the province whose all-tranche "served" counter holds this household, while it does
+    served_province text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE tranches (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL CONSTRAINT tranches_name_check CHECK (length(name) BETWEEN 1 AND 200),
+    starts_at   timestamptz NOT NULL,
+    ends_at     timestamptz NOT NULL,
+    categories  text[] NOT NULL CONSTRAINT tranches_categories_check CHECK (
+        cardinality(categories) >= 1 AND categories <@ ARRAY[
+            'rice', 'cooking_oil', 'chicken', 'red_meat', 'eggs',
+            'dairy', 'legumes', 'sugar', 'pasta', 'tea']::text[]),
+    carry_over  boolean NOT NULL,
+    -- tranche this one carried unspent balances from (null when carry_over is false)
+    carried_from bigint CONSTRAINT tranches_carried_from_fkey REFERENCES tranches (id),
+    households_credited bigint NOT NULL DEFAULT 0,
+    total_credit bigint NOT NULL DEFAULT 0,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT tranches_window_check CHECK (starts_at < ends_at),
+    -- two redemption windows never overlap, whoever inserts them
+    CONSTRAINT tranches_window_excl EXCLUDE USING gist (tstzrange(starts_at, ends_at) WITH &&)
+);
+
+CREATE TABLE tranche_bands (
+    tranche_id        bigint NOT NULL
+        CONSTRAINT tranche_bands_tranche_id_fkey REFERENCES tranches (id),
+    up_to_decile      smallint NOT NULL
+        CONSTRAINT tranche_bands_up_to_decile_check CHECK (up_to_decile BETWEEN 1 AND 10),
+    per_member_credit bigint NOT NULL
+        CONSTRAINT tranche_bands_per_member_credit_check
+        CHECK (per_member_credit > 0 AND per_member_credit <= 1000000000000),
+    opens_at          timestamptz NOT NULL,
+    CONSTRAINT tranche_bands_pkey PRIMARY KEY (tranche_id, up_to_decile)
+);
+
+-- The credit of one household in one tranche. `balance` is what is left to spend.
+CREATE TABLE entitlements (
+    national_id text COLLATE "C" NOT NULL,
+    tranche_id  bigint NOT NULL,
+    province    text NOT NULL,
+    credit      bigint NOT NULL CONSTRAINT entitlements_credit_check CHECK (credit > 0),
+    carried_in  bigint NOT NULL DEFAULT 0
+        CONSTRAINT entitlements_carried_in_check CHECK (carried_in >= 0),
+    carried_out bigint NOT NULL DEFAULT 0
+        CONSTRAINT entitlements_carried_out_check CHECK (carried_out >= 0),
+    balance     bigint NOT NULL CONSTRAINT entitlements_balance_check CHECK (balance >= 0),
+    opens_at    timestamptz NOT NULL,
+    open_redemptions integer NOT NULL DEFAULT 0
+        CONSTRAINT entitlements_open_redemptions_check CHECK (open_redemptions >= 0),
+    -- true when no earlier tranche had credited this household (all-tranche eligible count)
+    first_credit boolean NOT NULL DEFAULT false,
+    CONSTRAINT entitlements_pkey PRIMARY KEY (national_id, tranche_id),
+    CONSTRAINT entitlements_conservation_check
+        CHECK (balance <= credit + carried_in AND carried_out <= credit + carried_in)
+) WITH (fillfactor = 80);
+
+CREATE TABLE merchants (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL CONSTRAINT merchants_name_check CHECK (length(name) BETWEEN 1 AND 200),
+    province   text NOT NULL CONSTRAINT merchants_province_fkey REFERENCES provinces (code),
+    status     text NOT NULL DEFAULT 'active'
+        CONSTRAINT merchants_status_check CHECK (status IN ('active', 'suspended')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE terminals (
+    id          bigint GENERATED ALWAYS AS IDENTITY (START WITH 1001) PRIMARY KEY,
+    merchant_id bigint NOT NULL CONSTRAINT terminals_merchant_id_fkey REFERENCES merchants (id),
+    -- the HMAC key itself: verifying a signature needs it. Never returned after creation.
+    secret      text NOT NULL CONSTRAINT terminals_secret_check CHECK (length(secret) >= 32),
+    status      text NOT NULL DEFAULT 'active'
+        CONSTRAINT terminals_status_check CHECK (status IN ('active', 'suspended')),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX terminals_merchant_id_idx ON terminals (merchant_id);
+
+CREATE TABLE api_tokens (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token_hash bytea NOT NULL CONSTRAINT api_tokens_token_hash_key UNIQUE,
+    role       text NOT NULL CONSTRAINT api_tokens_role_check CHECK (role IN ('operator', 'auditor')),
+    name       text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Nonces seen per terminal; kept a little longer than the 300 s clock window, then pruned.
+CREATE TABLE terminal_nonces (
+    terminal_id bigint NOT NULL,
+    nonce       text NOT NULL,
+    seen_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT terminal_nonces_pkey PRIMARY KEY (terminal_id, nonce)
+);
+CREATE INDEX terminal_nonces_seen_at_idx ON terminal_nonces (seen_at);
+
+-- One row per (terminal, request_id): the idempotency record and its stored answer.
+-- kind 'pending_reversal' is a tombstone: a reversal that arrived before its original.
+CREATE TABLE terminal_requests (
+    terminal_id bigint NOT NULL,
+    request_id  text NOT NULL,
+    kind        text NOT NULL
+        CONSTRAINT terminal_requests_kind_check CHECK (kind IN ('redemption', 'reversal')),
+    body_hash   bytea NOT NULL,
+    http_status smallint NOT NULL,
+    response    jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT terminal_requests_pkey PRIMARY KEY (terminal_id, request_id)
+);
+
+-- A reversal that names a request the terminal has not sent yet (ISO 8583 style tombstone).
+CREATE TABLE pending_reversals (
+    terminal_id         bigint NOT NULL,
+    original_request_id text NOT NULL,
+    request_id          text NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT pending_reversals_pkey PRIMARY KEY (terminal_id, original_request_id)
+);
+
+-- The ledger: append-only, one row per approved redemption and per reversal.
+-- A redemption's id (and a reversal's) is the seq of its ledger row; a reversal row names the
+-- redemption it voids in `reverses`, at most once.
+CREATE TABLE ledger (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind        text NOT NULL CONSTRAINT ledger_kind_check CHECK (kind IN ('redemption', 'reversal')),
+    request_id  text NOT NULL,
+    terminal_id bigint NOT NULL,
+    merchant_id bigint NOT NULL,
+    national_id text COLLATE "C" NOT NULL,
+    province    text NOT NULL,
+    tranche_id  bigint NOT NULL,
+    amount      bigint NOT NULL
+        CONSTRAINT ledger_amount_check CHECK (amount > 0 AND amount <= 1000000000000),
+    reverses    bigint,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_reverses_check CHECK ((kind = 'reversal') = (reverses IS NOT NULL))
+);
+CREATE UNIQUE INDEX ledger_reverses_key ON ledger (reverses) WHERE reverses IS NOT NULL;
+CREATE INDEX ledger_national_id_idx ON ledger (national_id, seq);
+CREATE INDEX ledger_merchant_id_idx ON ledger (merchant_id, seq);
+CREATE INDEX ledger_created_at_idx ON ledger (created_at) INCLUDE (seq);
+-- a province's entries in a time window: seq included so the page is found in the index alone
+CREATE INDEX ledger_province_time_idx ON ledger (province, created_at) INCLUDE (seq);
+
+-- Live counters, sharded so that 31 hot province rows do not serialise redemptions: a
+-- transaction adds to one shard; readers sum the shards in one snapshot, so what they see is
+-- always exactly what the ledger says.
+CREATE TABLE province_counters (
+    tranche_id   bigint NOT NULL,
+    province     text NOT NULL,
+    shard        smallint NOT NULL,
+    transactions bigint NOT NULL DEFAULT 0,
+    served       bigint NOT NULL DEFAULT 0,
+    amount       bigint NOT NULL DEFAULT 0,
+    eligible     bigint NOT NULL DEFAULT 0,
+    CONSTRAINT province_counters_pkey PRIMARY KEY (tranche_id, province, shard)
+) WITH (fillfactor = 50);
+
+-- Distinct-household figures over all tranches (a household counts once however many
+-- tranches served or credited it).
+CREATE TABLE province_counters_all (
+    province text NOT NULL,
+    shard    smallint NOT NULL,
+    served   bigint NOT NULL DEFAULT 0,
+    eligible bigint NOT NULL DEFAULT 0,
+    CONSTRAINT province_counters_all_pkey PRIMARY KEY (province, shard)
+) WITH (fillfactor = 50);
+
+-- Ids of the live-counter stream's events (coupon/live.py): the stats publisher draws one for
+-- every change it announces, so that every server process labels the same change with the same
+-- ever-increasing id. Nothing on the redemption path touches it.
+CREATE SEQUENCE stats_version_seq;
+
+-- Finding a reversal's original when it was made at another terminal (403, not a tombstone).
+CREATE INDEX ledger_redemption_request_idx ON ledger (request_id)
+    WHERE kind = 'redemption';
+
+-- ============================================================================================
+-- Tamper evidence. Every ledger row gets a digest in ledger_seals, and the digests are chained
+-- block by block in ledger_blocks: block.hash = sha256(prev_block.hash || digests in seq order).
+-- Changing, deleting, inserting or reordering a row behind the service's back breaks a digest,
+-- a seal or a block; rewriting the whole chain changes the head an auditor copied out.
+-- ============================================================================================
+
+-- The digest of a ledger row: its fixed-width fields in binary (timestamps as UTC
+-- microseconds, independent of any session setting), then the text fields joined by '|' (none
+-- can hold one: request ids are [A-Za-z0-9_-], the rest are codes and digits).
+CREATE OR REPLACE FUNCTION ledger_digest(
+    seq bigint, kind text, request_id text, terminal_id bigint, merchant_id bigint,
+    national_id text, province text, tranche_id bigint, amount bigint, reverses bigint,
+    created_at timestamptz) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN sha256(int8send(seq) || int8send(terminal_id) || int8send(merchant_id)
+    || int8send(tranche_id) || int8send(amount) || int8send(coalesce(reverses, 0))
+    || timestamptz_send(created_at)
+    || convert_to(kind || '|' || request_id || '|' || national_id || '|' || province, 'UTF8'));
+
+CREATE TABLE ledger_seals (
+    seq      bigint PRIMARY KEY,
+    block_no bigint NOT NULL,
+    digest   bytea NOT NULL CONSTRAINT ledger_seals_digest_check CHECK (octet_length(digest) = 32)
+);
+
+CREATE TABLE ledger_blocks (
+    block_no   bigint PRIMARY KEY,
+    first_seq  bigint NOT NULL,
+    last_seq   bigint NOT NULL,
+    entries    integer NOT NULL CONSTRAINT ledger_blocks_entries_check CHECK (entries > 0),
+    prev_hash  bytea NOT NULL,
+    hash       bytea NOT NULL CONSTRAINT ledger_blocks_hash_check CHECK (octet_length(hash) = 32),
+    sealed_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
+);
+
+-- Autovacuum of the tables every redemption writes: their inserts are vacuumed, and all of
+-- them analysed, every million rows -- not every 20 % / 10 % of their size. An insert vacuum
+-- only sets the new pages' visibility bits, and the terminal path's plans do not follow the
+-- statistics (key probes only, below); in steps of a million both stay short jobs at any size
+-- of the table, minutes apart at the benchmark's peak and hours at the programme's. The
+-- defaults made them jobs of millions of rows once the ledger is large -- and, on a small
+-- database, one burst every minute in which a worker analysed every hot table at once and
+-- took a core for a second (the open loop's p99, BENCHMARKS.md). Updates leave dead rows on
+-- the tables' own thresholds: those are untouched.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'terminal_requests', 'terminal_nonces',
+                             'households', 'entitlements'] LOOP
+        EXECUTE format('ALTER TABLE %I SET (autovacuum_vacuum_insert_threshold = 1000000, '
+                       'autovacuum_vacuum_insert_scale_factor = 0, '
+                       'autovacuum_analyze_threshold = 1000000, '
+                       'autovacuum_analyze_scale_factor = 0)', t);
+    END LOOP;
+END $$;
+
+-- Writers of ledger rows hold this lock (shared: writers never wait for each other) from
+-- before their row gets its seq until commit. The sealer takes it exclusively for an instant:
+-- once it has it, every seq up to max(seq) is committed or gone, so sealing in seq order is
+-- sealing in commit order.
+CREATE OR REPLACE FUNCTION ledger_write_lock() RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock_shared(7365626, 2);
+$$;
+
+-- Append-only, whoever connects: no UPDATE, DELETE or TRUNCATE of the ledger or its seals.
+CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the table % is append-only', TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'ledger_blocks'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_trigger
+                       WHERE tgname = t || '_append_only' AND tgrelid = t::regclass) THEN
+            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I '
+                           'FOR EACH ROW EXECUTE FUNCTION ledger_append_only()',
+                           t || '_append_only', t);
+            EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()',
+                           t || '_no_truncate', t);
+        END IF;
+    END LOOP;
+END $$;
+
+-- Least privilege. The login roles coupon_writer (the service) and coupon_reader (auditor
+-- requests, in read-only transactions) exist before this file runs (`coupon db roles`); the
+-- owner that runs it is the only one with DDL. Ledger rows enter only through the terminal
+-- functions, which run as the owner (SECURITY DEFINER, below); seals and blocks are appended.
+-- The household import stages its lines in UNLOGGED tables (shared buffers, unlike TEMP ones)
+-- in a schema of their own, the one place the writer may create tables.
+CREATE SCHEMA coupon_staging;
+GRANT USAGE, CREATE ON SCHEMA coupon_staging TO coupon_writer;
+GRANT USAGE ON SCHEMA public TO coupon_writer, coupon_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO coupon_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coupon_writer;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ledger FROM coupon_writer;
+REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, schema_meta, provinces
+    FROM coupon_writer;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO coupon_writer;
+
+-- ============================================================================================
+-- The terminal hot path. One call = one round trip = one transaction. Each function records the
+-- request's nonce, serialises on the (terminal, request_id) key with a transaction-scoped
+-- advisory lock (so concurrent duplicates wait and then replay), and stores its answer for
+-- idempotent replays. Locks are always taken in the same order -- the ledger writers' lock
+-- (shared), the request's key, entitlement, household, counter shards -- so redemptions and
+-- reversals never deadlock; a batch (redeem_many) takes its households in national-id order.
+-- Each returns (http_status, error, body, replayed): error is a stable code when the request is
+-- refused without a stored answer (401, 403, 409, 422), otherwise body is the answer.
+-- ============================================================================================
+
+CREATE OR REPLACE FUNCTION terminal_request_lock(p_terminal_id bigint, p_request_id text)
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(p_terminal_id::int4 # 1234567, hashtext(p_request_id));
+$$;
+
+-- Record a nonce; false when this terminal already used it (a replayed request).
+CREATE OR REPLACE FUNCTION terminal_nonce_fresh(p_terminal_id bigint, p_nonce text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO terminal_nonces (terminal_id, nonce) VALUES (p_terminal_id, p_nonce)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END $$;
+
+-- Counter deltas, added to one shard: this tranche's province rows, then the all-tranche
+-- province rows, each table's rows locked in province order before one UPDATE. Every writer
+-- goes through here, so two whose backends share a shard never wait on each other in a cycle.
+CREATE OR REPLACE FUNCTION counters_apply(
+    p_shard integer, p_tranche_id bigint, p_provinces text[], p_transactions bigint[],
+    p_amounts bigint[], p_served bigint[], p_all_provinces text[], p_all_served bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM FROM province_counters c
+    WHERE c.tranche_id = p_tranche_id AND c.shard = p_shard AND c.province = ANY (p_provinces)
+    ORDER BY c.province FOR UPDATE;
+    UPDATE province_counters c
+    SET transactions = c.transactions + d.tx, amount = c.amount + d.amount,
+        served = c.served + d.served
+    FROM unnest(p_provinces, p_transactions, p_amounts, p_served) AS d(province, tx, amount, served)
+    WHERE c.tranche_id = p_tranche_id AND c.shard = p_shard AND c.province = d.province;
+    IF cardinality(p_all_provinces) > 0 THEN
+        PERFORM FROM province_counters_all c
+        WHERE c.shard = p_shard AND c.province = ANY (p_all_provinces)
+        ORDER BY c.province FOR UPDATE;
+        UPDATE province_counters_all c SET served = c.served + d.served
+        FROM unnest(p_all_provinces, p_all_served) AS d(province, served)
+        WHERE c.shard = p_shard AND c.province = d.province;
+    END IF;
+END $$;
+
+-- Redemptions, many at once: one round trip, one transaction, one WAL flush for all (group
+-- commit), set-based -- one statement per step for the whole batch, not per redemption. The
+-- answers are those of running the elements one after another in (national id, position)
+-- order: a household's redemptions see each other's balance, a repeated request_id replays the
+-- first one's answer, a repeated nonce is refused. Row n of the result answers element n.
+-- Locks, in the order every writer takes them: the ledger writers' lock, the request keys
+-- (by terminal, request id: reverse() takes its two in that order too), the batch's
+-- entitlements (by national id), their households (only ever reached through a locked
+-- entitlement), counter shards (by tranche, province). Categories come as comma-separated text
+-- (an array of arrays must be rectangular).
+CREATE OR REPLACE FUNCTION redeem_many(
+    p_terminal_ids bigint[], p_nonces text[], p_request_ids text[], p_body_hashes bytea[],
+    p_national_ids text[], p_amounts bigint[], p_categories text[], p_allow_partial boolean[],
+    p_shards integer)
+RETURNS TABLE (n integer, http_status integer, error text, body jsonb, replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+-- Every statement here is a probe by key, and the planner is told so: no sequential scans,
+-- no hash or merge joins. Then no statistics -- stale, or of a table analysed while it was
+-- empty -- can turn a probe into a scan of a grown table, and one generic plan per connection
+-- is safe: planned once, not per call (30 % of the backend's time for a batch of 8,
+-- loadtest/plan_cache_modes.sql). Generic plans alone -- and once PostgreSQL left to choose --
+-- kept plans made while terminal_requests was empty, which then read it whole on every batch
+-- (1,556 and 3,149 req/s instead of ~5,000; BENCHMARKS.md). tests/integration/
+-- test_connections.py analyses the tables empty, lets them grow and counts the scans.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET search_path = public, pg_temp
+AS $$
+DECLARE
+    v_shard   integer := pg_backend_pid() % p_shards;
+    tr        record;
+    r         record;
+    fresh_t   bigint[];
+    fresh_n   text[];
+    -- the answer of each element
+    a_status  integer[] := array_fill(NULL::integer, ARRAY[cardinality(p_terminal_ids)]);
+    a_error   text[] := array_fill(NULL::text, ARRAY[cardinality(p_terminal_ids)]);
+    a_body    jsonb[] := array_fill(NULL::jsonb, ARRAY[cardinality(p_terminal_ids)]);
+    a_replay  boolean[] := array_fill(false, ARRAY[cardinality(p_terminal_ids)]);
+    stored    integer[] := '{}';  -- elements whose answer is new: stored for replays
+    copies    integer[] := '{}';  -- repeats of an element of this batch, and of which
+    copy_of   integer[] := '{}';
+    -- approvals, in walk order
+    ok_i      integer[] := '{}';
+    ok_amount bigint[] := '{}';
+    ok_left   bigint[] := '{}';
+    ok_merchant bigint[] := '{}';
+    ok_province text[] := '{}';
+    seqs      bigint[];
+    -- counter deltas: per province of the tranche, and per province of all tranches
+    c_province text[];
+    c_tx      bigint[];
+    c_amount  bigint[];
+    c_served  bigint[];
+    c_all_province text[];
+    c_all_served   bigint[];
+    cur_nid   text;
+    bal       bigint;
+    reason    text;
+    approved  bigint;
+    i         integer;
+BEGIN
+    PERFORM ledger_write_lock();
+    PERFORM terminal_request_lock(k.t, k.r)
+    FROM (SELECT DISTINCT u.t, u.r FROM unnest(p_terminal_ids, p_request_ids) AS u(t, r)
+          ORDER BY u.t, u.r) k;
+    WITH ins AS (
+        INSERT INTO terminal_nonces (terminal_id, nonce)
+        SELECT DISTINCT u.t, u.nc FROM unnest(p_terminal_ids, p_nonces) AS u(t, nc)
+        ON CONFLICT DO NOTHING
+        RETURNING terminal_id, nonce)
+    SELECT array_agg(ins.terminal_id), array_agg(ins.nonce) INTO fresh_t, fresh_n FROM ins;
+    SELECT t.id, t.categories INTO tr FROM tranches t
+    WHERE tstzrange(t.starts_at, t.ends_at) @> now();
+    IF tr.id IS NOT NULL THEN
+        PERFORM FROM entitlements e
+        WHERE e.tranche_id = tr.id AND e.national_id = ANY (p_national_ids)
+        ORDER BY e.national_id FOR UPDATE;
+    END IF;
+
+    FOR r IN
+        WITH u AS (
+            SELECT x.i::integer AS i, x.t, x.nc, x.rid, x.nid,
+                   (f.t IS NOT NULL AND row_number() OVER (
+                        PARTITION BY x.t, x.nc ORDER BY x.nid, x.i) = 1) AS nonce_ok
+            FROM unnest(p_terminal_ids, p_nonces, p_request_ids, p_national_ids)
+                 WITH ORDINALITY AS x(t, nc, rid, nid, i)
+            LEFT JOIN unnest(fresh_t, fresh_n) AS f(t, nc) ON f.t = x.t AND f.nc = x.nc),
+        w AS (
+            SELECT u.*, first_value(u.i) OVER (
+                       PARTITION BY u.t, u.rid, u.nonce_ok ORDER BY u.nid, u.i) AS first_i
+            FROM u)
+        -- each lookup a probe of a primary key per element, whatever the statistics say: LIMIT
+        -- keeps the planner from turning them into joins, and a hash join over a table it
+        -- once saw small is a scan of the whole table per batch once the plan is cached
+        SELECT w.i, w.nid, w.nonce_ok, w.first_i,
+               pr.kind AS prior_kind, pr.body_hash AS prior_hash,
+               pr.http_status AS prior_status, pr.response AS prior_response,
+               tm.status AS terminal_status, tm.merchant_id, tm.merchant_status,
+               EXISTS (SELECT FROM pending_reversals pv
+                       WHERE pv.terminal_id = w.t AND pv.original_request_id = w.rid) AS reversed,
+               h.status AS household_status, e.balance, e.opens_at, e.province
+        FROM w
+        LEFT JOIN LATERAL (SELECT * FROM terminal_requests pr
+                           WHERE pr.terminal_id = w.t AND pr.request_id = w.rid LIMIT 1) pr
+               ON true
+        LEFT JOIN LATERAL (SELECT t.status, t.merchant_id, m.status AS merchant_status
+                           FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+                           WHERE t.id = w.t LIMIT 1) tm ON true
+        LEFT JOIN LATERAL (SELECT * FROM households h WHERE h.national_id = w.nid LIMIT 1) h
+               ON true
+        LEFT JOIN LATERAL (SELECT * FROM entitlements e
+                           WHERE e.national_id = w.nid AND e.tranche_id = tr.id LIMIT 1) e
+               ON true
+        ORDER BY w.nid, w.i
+    LOOP
+        i := r.i;
+        IF NOT r.nonce_ok THEN
+            a_status[i] := 401; a_error[i] := 'nonce_reused'; CONTINUE;
+        END IF;
+        IF r.prior_kind IS NOT NULL THEN
+            IF r.prior_kind <> 'redemption' OR r.prior_hash <> p_body_hashes[i] THEN
+                a_status[i] := 409; a_error[i] := 'idempotency_conflict'; CONTINUE;
+            END IF;
+            a_status[i] := r.prior_status; a_body[i] := r.prior_response; a_replay[i] := true;
+            CONTINUE;
+        END IF;
+        IF r.first_i <> i THEN
+            IF p_body_hashes[r.first_i] <> p_body_hashes[i] THEN
+                a_status[i] := 409; a_error[i] := 'idempotency_conflict'; CONTINUE;
+            END IF;
+            copies := copies || i; copy_of := copy_of || r.first_i;  -- answered at the end
+            CONTINUE;
+        END IF;
+
+        IF cur_nid IS DISTINCT FROM r.nid THEN
+            cur_nid := r.nid; bal := r.balance;
+        END IF;
+        approved := NULL;
+        reason := CASE
+            WHEN r.terminal_status <> 'active' THEN 'terminal_suspended'
+            WHEN r.merchant_status <> 'active' THEN 'merchant_suspended'
+            WHEN r.reversed THEN 'reversed'
+            WHEN r.household_status IS NULL THEN 'household_not_found'
+            WHEN r.household_status <> 'active' THEN 'household_suspended'
+            WHEN tr.id IS NULL THEN 'no_active_tranche'
+            WHEN r.balance IS NULL THEN 'not_eligible'
+            WHEN now() < r.opens_at THEN 'not_open_yet'
+            WHEN NOT (string_to_array(p_categories[i], ',') <@ tr.categories)
+                THEN 'category_not_allowed'
+        END;
+        IF reason IS NULL THEN
+            IF bal >= p_amounts[i] THEN
+                approved := p_amounts[i];
+            ELSIF p_allow_partial[i] AND bal > 0 THEN
+                approved := bal;
+            ELSE
+                reason := 'insufficient_balance';
+            END IF;
+        END IF;
+        stored := stored || i;
+        IF reason IS NOT NULL THEN
+            a_status[i] := 402;
+            a_body[i] := jsonb_build_object('status', 'declined', 'reason', reason,
+                                            'request_id', p_request_ids[i]);
+        ELSE
+            bal := bal - approved;
+            a_status[i] := 201;
+            ok_i := ok_i || i; ok_amount := ok_amount || approved; ok_left := ok_left || bal;
+            ok_merchant := ok_merchant || r.merchant_id; ok_province := ok_province || r.province;
+        END IF;
+    END LOOP;
+
+    IF cardinality(ok_i) > 0 THEN
+        WITH ins AS (
+            INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                                tranche_id, amount)
+            SELECT 'redemption', p_request_ids[x.i], p_terminal_ids[x.i], x.merchant,
+                   p_national_ids[x.i], x.province, tr.id, x.amount
+            FROM unnest(ok_i, ok_amount, ok_merchant, ok_province) WITH ORDINALITY
+                 AS x(i, amount, merchant, province, k)
+            ORDER BY x.k
+            RETURNING seq, terminal_id, request_id)
+        SELECT array_agg(ins.seq ORDER BY x.k) INTO seqs
+        FROM ins JOIN unnest(ok_i) WITH ORDINALITY AS x(i, k)
+          ON ins.terminal_id = p_terminal_ids[x.i] AND ins.request_id = p_request_ids[x.i];
+        FOR k IN 1 .. cardinality(ok_i) LOOP
+            i := ok_i[k];
+            a_body[i] := jsonb_build_object(
+                'redemption_id', seqs[k], 'request_id', p_request_ids[i], 'status', 'approved',
+                'national_id', p_national_ids[i], 'amount', ok_amount[k],
+                'remaining', ok_left[k], 'tranche_id', tr.id, 'province', ok_province[k],
+                'merchant_id', ok_merchant[k], 'terminal_id', p_terminal_ids[i],
+                'created_at', now());
+            IF p_allow_partial[i] THEN
+                a_body[i] := a_body[i] || jsonb_build_object('requested_amount', p_amounts[i]);
+            END IF;
+        END LOOP;
+
+        -- balances and open redemptions per household, and who became served (0 -> some)
+        WITH spent AS (
+            SELECT p_national_ids[x.i] AS nid, sum(x.amount)::bigint AS amount,
+                   count(*)::integer AS k
+            FROM unnest(ok_i, ok_amount) AS x(i, amount) GROUP BY 1),
+        ent AS (
+            UPDATE entitlements e
+            SET balance = e.balance - s.amount, open_redemptions = e.open_redemptions + s.k
+            FROM spent s WHERE e.national_id = s.nid AND e.tranche_id = tr.id
+            RETURNING e.national_id, e.province, s.amount, s.k,
+                      e.open_redemptions = s.k AS newly_served),
+        hh AS (
+            UPDATE households h
+            SET open_redemptions = h.open_redemptions + ent.k,
+                served_province = CASE WHEN h.open_redemptions = 0 THEN ent.province
+                                       ELSE h.served_province END
+            FROM ent WHERE h.national_id = ent.national_id
+            RETURNING h.served_province, h.open_redemptions = ent.k AS newly_served),
+        by_province AS (
+            SELECT ent.province, sum(ent.k)::bigint AS tx, sum(ent.amount)::bigint AS amount,
+                   count(*) FILTER (WHERE ent.newly_served) AS served
+            FROM ent GROUP BY ent.province),
+        by_province_all AS (
+            SELECT hh.served_province AS province, count(*) AS served
+            FROM hh WHERE hh.newly_served GROUP BY hh.served_province)
+        SELECT t.provinces, t.txs, t.amounts, t.served, a.provinces, a.served
+        INTO c_province, c_tx, c_amount, c_served, c_all_province, c_all_served
+        FROM (SELECT array_agg(province) AS provinces, array_agg(tx) AS txs,
+                     array_agg(amount) AS amounts, array_agg(served) AS served
+              FROM by_province) t,
+             (SELECT array_agg(province) AS provinces, array_agg(served) AS served
+              FROM by_province_all) a;
+        PERFORM counters_apply(v_shard, tr.id, c_province, c_tx, c_amount, c_served,
+                               coalesce(c_all_province, '{}'), coalesce(c_all_served, '{}'));
+    END IF;
+    FOR k IN 1 .. cardinality(copies) LOOP
+        a_status[copies[k]] := a_status[copy_of[k]];
+        a_body[copies[k]] := a_body[copy_of[k]];
+        a_replay[copies[k]] := true;
+    END LOOP;
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
+    SELECT p_terminal_ids[x.i], p_request_ids[x.i], 'redemption', p_body_hashes[x.i],
+           a_status[x.i], a_body[x.i]
+    FROM unnest(stored) AS x(i);
+    RETURN QUERY SELECT x.i::integer, a_status[x.i], a_error[x.i], a_body[x.i], a_replay[x.i]
+                 FROM generate_subscripts(p_terminal_ids, 1) AS x(i);
+END $$;
+
+-- A single redemption: a batch of one.
+CREATE OR REPLACE FUNCTION redeem(
+    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
+    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
+    p_shards integer,
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE sql AS $$
+    SELECT r.http_status, r.error, r.body, r.replayed
+    FROM redeem_many(ARRAY[p_terminal_id], ARRAY[p_nonce], ARRAY[p_request_id],
+                     ARRAY[p_body_hash], ARRAY[p_national_id], ARRAY[p_amount],
+                     ARRAY[array_to_string(p_categories, ',')], ARRAY[p_allow_partial],
+                     p_shards) AS r;
+$$;
+
+CREATE OR REPLACE FUNCTION reverse(
+    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
+    p_original_request_id text, p_shards integer,
+    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET plan_cache_mode = force_generic_plan  -- key probes only, as redeem_many()
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET search_path = public, pg_temp
+AS $$
+DECLARE
+    prior      terminal_requests%ROWTYPE;
+    original   terminal_requests%ROWTYPE;
+    orig       ledger%ROWTYPE;
+    remaining  bigint;
+    ent_open   integer;
+    hh_open    integer;
+    served_in  text;
+    entry      record;
+    v_shard    integer := pg_backend_pid() % p_shards;
+BEGIN
+    replayed := false;
+    PERFORM ledger_write_lock();  -- first, as in redeem_many()
+    IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
+        http_status := 401; error := 'nonce_reused'; RETURN;
+    END IF;
+    -- both keys, in a fixed order: the reversal's own, and its original's (which a late
+    -- original redemption locks too, so the two never pass each other)
+    PERFORM terminal_request_lock(p_terminal_id, least(p_request_id, p_original_request_id));
+    PERFORM terminal_request_lock(p_terminal_id, greatest(p_request_id, p_original_request_id));
+    SELECT * INTO prior FROM terminal_requests
+    WHERE terminal_id = p_terminal_id AND request_id = p_request_id;
+    IF FOUND THEN
+        IF prior.kind <> 'reversal' OR prior.body_hash <> p_body_hash THEN
+            http_status := 409; error := 'idempotency_conflict'; RETURN;
+        END IF;
+        http_status := prior.http_status; body := prior.response; replayed := true; RETURN;
+    END IF;
+
+    SELECT * INTO original FROM terminal_requests
+    WHERE terminal_id = p_terminal_id AND request_id = p_original_request_id;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT FROM ledger WHERE kind = 'redemption'
+                   AND request_id = p_original_request_id AND terminal_id <> p_terminal_id) THEN
+            http_status := 403; error := 'not_your_transaction'; RETURN;
+        END IF;
+        INSERT INTO pending_reversals (terminal_id, original_request_id, request_id)
+        VALUES (p_terminal_id, p_original_request_id, p_request_id)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            http_status := 409; error := 'already_reversed'; RETURN;
+        END IF;
+        http_status := 202;
+        body := jsonb_build_object('status', 'pending_original', 'request_id', p_request_id,
+                                   'original_request_id', p_original_request_id);
+    ELSIF original.kind <> 'redemption' THEN
+        http_status := 422; error := 'not_a_redemption'; RETURN;
+    ELSIF original.http_status <> 201 THEN
+        -- declined (possibly because this very reversal's tombstone got there first)
+        IF EXISTS (SELECT FROM pending_reversals WHERE terminal_id = p_terminal_id
+                   AND original_request_id = p_original_request_id) THEN
+            http_status := 409; error := 'already_reversed'; RETURN;
+        END IF;
+        http_status := 422; error := 'original_declined'; RETURN;
+    ELSE
+        SELECT * INTO orig FROM ledger WHERE seq = (original.response->>'redemption_id')::bigint;
+        IF EXISTS (SELECT FROM ledger WHERE reverses = orig.seq) THEN
+            http_status := 409; error := 'already_reversed'; RETURN;
+        END IF;
+        IF orig.created_at < now() - interval '24 hours' THEN
+            http_status := 422; error := 'reversal_window_closed'; RETURN;
+        END IF;
+        UPDATE entitlements
+        SET balance = balance + orig.amount, open_redemptions = open_redemptions - 1
+        WHERE national_id = orig.national_id AND tranche_id = orig.tranche_id
+        RETURNING balance, open_redemptions INTO remaining, ent_open;
+        -- served_province cannot change under us: this redemption keeps the count >= 1
+        UPDATE households h
+        SET open_redemptions = h.open_redemptions - 1,
+            served_province = CASE WHEN h.open_redemptions = 1 THEN NULL
+                                   ELSE h.served_province END
+        FROM (SELECT served_province FROM households WHERE national_id = orig.national_id) old
+        WHERE h.national_id = orig.national_id
+        RETURNING h.open_redemptions, old.served_province INTO hh_open, served_in;
+        INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                            tranche_id, amount, reverses)
+        VALUES ('reversal', p_request_id, p_terminal_id, orig.merchant_id, orig.national_id,
+                orig.province, orig.tranche_id, orig.amount, orig.seq)
+        RETURNING seq, created_at INTO entry;
+        PERFORM counters_apply(
+            v_shard, orig.tranche_id, ARRAY[orig.province], ARRAY[-1::bigint],
+            ARRAY[-orig.amount], ARRAY[-(ent_open = 0)::int::bigint],
+            CASE WHEN hh_open = 0 THEN ARRAY[served_in] ELSE '{}' END,
+            CASE WHEN hh_open = 0 THEN ARRAY[-1::bigint] ELSE '{}' END);
+        http_status := 201;
+        body := jsonb_build_object(
+            'status', 'reversed', 'reversal_id', entry.seq, 'request_id', p_request_id,
+            'original_request_id', p_original_request_id, 'amount', orig.amount,
+            'remaining', remaining);
+    END IF;
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
+    VALUES (p_terminal_id, p_request_id, 'reversal', p_body_hash, http_status, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION balance_inquiry(
+    p_terminal_id bigint, p_nonce text, p_national_id text,
+    OUT http_status integer, OUT error text, OUT body jsonb)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- key probes only, as redeem_many()
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+DECLARE
+    term       record;
+    hh_status  text;
+    v_tranche  bigint;
+    v_ends_at  timestamptz;
+    v_balance  bigint;
+    v_opens_at timestamptz;
+    reason     text;
+BEGIN
+    IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
+        http_status := 401; error := 'nonce_reused'; RETURN;
+    END IF;
+    SELECT t.status AS terminal_status, m.status AS merchant_status INTO term
+    FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
+    IF term.terminal_status <> 'active' THEN
+        http_status := 403; error := 'terminal_suspended'; RETURN;
+    ELSIF term.merchant_status <> 'active' THEN
+        http_status := 403; error := 'merchant_suspended'; RETURN;
+    END IF;
+    SELECT h.status INTO hh_status FROM households h WHERE h.national_id = p_national_id;
+    IF NOT FOUND THEN
+        http_status := 404; error := 'household_not_found'; RETURN;
+    END IF;
+    SELECT t.id, t.ends_at INTO v_tranche, v_ends_at FROM tranches t
+    WHERE tstzrange(t.starts_at, t.ends_at) @> now();
+    SELECT e.balance, e.opens_at INTO v_balance, v_opens_at FROM entitlements e
+    WHERE e.national_id = p_national_id AND e.tranche_id = v_tranche;
+    reason := CASE
+        WHEN hh_status <> 'active' THEN 'household_suspended'
+        WHEN v_tranche IS NULL THEN 'no_active_tranche'
+        WHEN v_balance IS NULL THEN 'not_eligible'
+        WHEN now() < v_opens_at THEN 'not_open_yet'
+    END;
+    http_status := 200;
+    body := jsonb_build_object(
+        'national_id', p_national_id, 'eligible', reason IS NULL, 'reason', reason,
+        'tranche_id', v_tranche, 'remaining', coalesce(v_balance, 0), 'ends_at', v_ends_at);
+END $$;
+
+-- Only the service calls the functions that write the ledger.
+REVOKE EXECUTE ON FUNCTION
+    redeem_many(bigint[], text[], text[], bytea[], text[], bigint[], text[], boolean[], integer),
+    reverse(bigint, text, text, bytea, text, integer)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    redeem_many(bigint[], text[], text[], bytea[], text[], bigint[], text[], boolean[], integer),
+    reverse(bigint, text, text, bytea, text, integer)
+    TO coupon_writer;
