@@ -3,6 +3,7 @@ the service on a real port. A missing Chromium fails the test (CI installs it)."
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -245,7 +246,8 @@ async def test_the_table_sorts_and_exports_what_is_on_screen(
     async with page.expect_download() as info:
         await page.click("#export")
     download = await info.value
-    text = Path(await download.path()).read_text("utf-8-sig")
+    saved = Path(await download.path())
+    text = (await asyncio.to_thread(saved.read_bytes)).decode("utf-8-sig")
     lines = text.splitlines()
     header = "code,rank,name,transactions,served,eligible,coverage,amount_rials"
     assert lines[0].startswith(header)
