@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, audit, dashboard, stats, system, terminal
+from coupon.api import admin, audit, dashboard, insights, stats, system, terminal
 from coupon.api.keys import Handler
 from coupon.models import (
     Approved,
@@ -161,6 +161,38 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/v1/stats/tranches",
+        insights.get_tranches,
+        "Every tranche's name and redemption window, newest first (labels for any reader)",
+        "operator,auditor",
+        responses={200: insights.TrancheLabels},
+        tag="counters",
+    ),
+    Route(
+        "GET",
+        "/v1/stats/history",
+        insights.get_history,
+        "Net transactions, rials and newly served households per minute (the last two "
+        "hours), hour or day (Asia/Tehran) of a tranche (default: the current one), beside "
+        "the previous tranche's",
+        "operator,auditor",
+        responses={200: insights.History, 404: None},
+        tag="counters",
+        query=insights.HistoryQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/stats/activity",
+        insights.get_activity,
+        "Per province: declined redemptions by reason (store's province), reversals and "
+        "their rials, and today's net transactions and rials (Asia/Tehran)",
+        "operator,auditor",
+        responses={200: insights.Activity, 404: None},
+        tag="counters",
+        query=StatsQuery,
+    ),
+    Route(
+        "GET",
         "/dashboard",
         dashboard.dashboard,
         "The operators' live dashboard (Persian and English; asks for a token)",
@@ -174,12 +206,14 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/dashboard/{name}",
         dashboard.dashboard_asset,
-        "The dashboard's script, style sheet and province map positions",
+        "The dashboard's files: script, style sheets, icon, the provinces' map and the "
+        "vendored chart library (vendor/...)",
         "none",
         responses={200: None, 404: None},
         media="application/octet-stream",
         database=False,
         tag="dashboard",
+        match=dashboard.ASSET_PATTERN,
     ),
     Route(
         "GET",

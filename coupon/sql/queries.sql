@@ -531,3 +531,78 @@ LEFT JOIN entitlements e
    AND e.tranche_id = (SELECT id FROM tranches WHERE tstzrange(starts_at, ends_at) @> now())
 WHERE h.status = 'active'
 LIMIT $1;
+
+-- name: insight_tranches
+-- Every tranche's name and window, newest window first (for the dashboard's labels).
+SELECT id, name, starts_at, ends_at FROM tranches ORDER BY starts_at DESC;
+
+-- name: insight_history
+-- Net transactions, net rials and newly served households of tranche $1 per $2 ('minute',
+-- 'hour' or 'day', Asia/Tehran) from $3 on; served counts a household at its first redemption.
+WITH t AS (
+    SELECT starts_at, ends_at FROM tranches WHERE id = $1
+), entries AS (
+    SELECT l.national_id, l.kind, l.amount, l.created_at
+    FROM ledger l, t
+    WHERE l.created_at >= greatest(t.starts_at, $3::timestamptz) AND l.created_at < t.ends_at
+      AND l.tranche_id = $1
+), firsts AS (
+    SELECT national_id, min(created_at) AS first_at
+    FROM ledger l, t
+    WHERE l.created_at >= t.starts_at AND l.created_at < t.ends_at
+      AND l.tranche_id = $1 AND l.kind = 'redemption'
+    GROUP BY national_id
+), moves AS (
+    SELECT date_trunc($2, created_at, 'Asia/Tehran') AS at,
+           CASE WHEN kind = 'redemption' THEN 1 ELSE -1 END AS transactions,
+           CASE WHEN kind = 'redemption' THEN amount ELSE -amount END AS amount,
+           0 AS served
+    FROM entries
+    UNION ALL
+    SELECT date_trunc($2, first_at, 'Asia/Tehran'), 0, 0, 1
+    FROM firsts WHERE first_at >= $3::timestamptz
+)
+SELECT at, sum(transactions)::bigint AS transactions, sum(amount)::bigint AS amount,
+       sum(served)::bigint AS served
+FROM moves GROUP BY at ORDER BY at;
+
+-- name: insight_activity
+-- Per province, for tranche $1 (all of them when null): declined redemptions by reason (by
+-- the store's province: a decline may name no household), reversals and their rials (by the
+-- household's province), and net transactions and rials since $2 (the start of the day).
+WITH t AS (
+    SELECT coalesce(min(starts_at), '-infinity') AS starts_at,
+           coalesce(max(ends_at), 'infinity') AS ends_at
+    FROM tranches WHERE $1::bigint IS NULL OR id = $1
+), declines AS (
+    SELECT m.province, r.response->>'reason' AS reason, count(*) AS n
+    FROM terminal_requests r
+    JOIN terminals d ON d.id = r.terminal_id
+    JOIN merchants m ON m.id = d.merchant_id, t
+    WHERE r.kind = 'redemption' AND r.http_status = 402
+      AND r.created_at >= t.starts_at AND r.created_at < t.ends_at
+    GROUP BY 1, 2
+), ledger_sums AS (
+    SELECT l.province,
+           count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reversal'), 0) AS reversed_amount,
+           coalesce(sum(CASE WHEN l.kind = 'redemption' THEN 1 ELSE -1 END)
+                    FILTER (WHERE l.created_at >= $2), 0) AS today_transactions,
+           coalesce(sum(CASE WHEN l.kind = 'redemption' THEN l.amount ELSE -l.amount END)
+                    FILTER (WHERE l.created_at >= $2), 0) AS today_amount
+    FROM ledger l
+    WHERE ($1::bigint IS NULL OR l.tranche_id = $1)
+      AND (l.kind = 'reversal' OR l.created_at >= $2)
+    GROUP BY l.province
+)
+SELECT p.code,
+       coalesce((SELECT jsonb_object_agg(d.reason, d.n) FROM declines d
+                 WHERE d.province = p.code), '{}'::jsonb) AS declines,
+       coalesce(s.reversals, 0)::bigint AS reversals,
+       coalesce(s.reversed_amount, 0)::bigint AS reversed_amount,
+       coalesce(s.today_transactions, 0)::bigint AS today_transactions,
+       coalesce(s.today_amount, 0)::bigint AS today_amount,
+       statement_timestamp() AS as_of
+FROM provinces p
+LEFT JOIN ledger_sums s ON s.province = p.code
+ORDER BY p.code;
