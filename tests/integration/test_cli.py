@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from coupon import tokens
+from coupon import migrations, tokens
 from tests.integration.helpers import households_csv, national_ids
 
 
@@ -31,10 +31,11 @@ async def coupon(dsn: str, *args: str) -> tuple[int, str, str]:
 async def test_db_init_is_idempotent(superuser_dsn: str, conn: asyncpg.Connection) -> None:
     for _ in range(2):
         code, out, _ = await coupon(superuser_dsn, "db", "init")
-        assert code == 0 and "nothing to apply" in out and "schema at 0002" in out
+        newest = migrations.available()[-1].label
+        assert code == 0 and "nothing to apply" in out and f"schema at {newest}" in out
     assert await conn.fetchval("SELECT count(*) FROM provinces") == 31
     code, out, _ = await coupon(superuser_dsn, "db", "status")
-    assert code == 0 and "applied  0002_least_privilege" in out and out.endswith("current\n")
+    assert code == 0 and f"applied  {newest}" in out and out.endswith("current\n")
 
 
 async def test_db_migrate_as_the_service_login_is_refused_in_one_line(dsn: str) -> None:
