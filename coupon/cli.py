@@ -9,11 +9,9 @@ import contextlib
 import csv
 import datetime as dt
 import gc
-import multiprocessing
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -293,20 +291,18 @@ async def serve_until_stopped(
     dsn: str,
     host: str,
     port: int,
-    reuse_port: bool = False,
     on_started: Callable[[], None] | None = None,
     while_serving: Callable[[], Coroutine[Any, Any, Any]] | None = None,
-    parent_pid: int | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM (or, for a worker, until its parent is gone): stop
-    listening, let in-flight requests finish, then close the pool. while_serving runs beside
-    the server once it listens, and is cancelled before it stops."""
+    """Serve in this process until SIGINT or SIGTERM: stop listening, let in-flight requests
+    finish, then close the pool. while_serving runs beside the server once it listens, and is
+    cancelled before it stops."""
     from aiohttp import web
 
     from coupon.app import create_app
 
     app = create_app(settings, dsn)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -314,7 +310,7 @@ async def serve_until_stopped(
         loop.add_signal_handler(sig, stop.set)
     beside: asyncio.Task[Any] | None = None
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         print(f"serving on http://{host}:{port}", flush=True)
         # What start-up made (modules, routes, models, the pool) lives as long as the process:
@@ -325,9 +321,6 @@ async def serve_until_stopped(
             on_started()
         if while_serving is not None:
             beside = asyncio.create_task(while_serving())
-        if parent_pid is not None:
-            orphaned = asyncio.create_task(_parent_gone(parent_pid))
-            orphaned.add_done_callback(lambda _: stop.set())
         await stop.wait()
         log.info("shutting_down", pid=os.getpid())
     finally:
@@ -339,87 +332,16 @@ async def serve_until_stopped(
         log.info("stopped", pid=os.getpid())
 
 
-# seconds in-flight requests get to finish once a stop is asked for
-SHUTDOWN_TIMEOUT = 30.0
-
-
-async def _parent_gone(parent_pid: int) -> None:
-    """Return when this process's parent has died (a worker must not outlive its supervisor:
-    it would keep answering on the port with nobody to stop it)."""
-    while True:
-        await asyncio.sleep(1.0)
-        if os.getppid() != parent_pid:
-            log.warning("parent_gone", parent_pid=parent_pid)
-            return
-
-
-def _worker(settings: Settings, dsn: str, host: str, port: int, parent_pid: int) -> None:
-    # Until the worker's loop installs its own handlers: SIGTERM ends a worker that has not
-    # accepted anything yet; SIGINT (a terminal's Ctrl-C reaches the whole group) is left to
-    # the parent, which forwards SIGTERM.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
-    _run_server_loop(
-        settings,
-        serve_until_stopped(settings, dsn, host, port, reuse_port=True, parent_pid=parent_pid),
-    )
-
-
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
-    """N forked processes sharing the port (SO_REUSEPORT) under a supervisor that forwards
-    SIGINT/SIGTERM, replaces a worker that dies, and exits when all have stopped. The database
-    is shared; no state lives in a worker."""
-    import coupon.app  # noqa: F401  imported once here, so forked workers start warm
+    """N worker processes under gunicorn's arbiter (coupon/workers.py); the database is shared,
+    no state lives in a worker."""
+    from coupon import workers as arbiter
 
     with db.database_blocking(settings) as database:
         # no event loop and no thread may be running when the workers are forked
         asyncio.run(migrations.preflight(database.service))
-        return _supervise(settings, database.service, host, port, workers)
-
-
-def _supervise(settings: Settings, dsn: str, host: str, port: int, workers: int) -> int:
-    ctx = multiprocessing.get_context("fork")
-    parent = os.getpid()
-    stop_asked: list[float] = []
-
-    def start() -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_worker, args=(settings, dsn, host, port, parent))
-        proc.start()
-        return proc
-
-    def ask_stop(signum: int, frame: object) -> None:
-        if not stop_asked:
-            stop_asked.append(time.monotonic())
-        for p in procs:
-            if p.pid is not None and p.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-
-    procs = [start() for _ in range(workers)]
-    started = [time.monotonic()] * workers
-    signal.signal(signal.SIGINT, ask_stop)
-    signal.signal(signal.SIGTERM, ask_stop)
-    while any(p.exitcode is None for p in procs) or not stop_asked:
-        time.sleep(0.2)
-        if stop_asked:
-            # again, for a worker that was still starting when the first SIGTERM came
-            ask_stop(signal.SIGTERM, None)
-            if time.monotonic() - stop_asked[0] > SHUTDOWN_TIMEOUT + 2 * settings.db_timeout:
-                for p in procs:
-                    if p.exitcode is None:
-                        p.kill()
-            continue
-        for i, p in enumerate(procs):
-            # a worker that cannot start (the database is down) is retried once a second,
-            # not in a tight loop
-            if p.exitcode is not None and time.monotonic() - started[i] >= 1.0:
-                log.error("worker_died", pid=p.pid, exitcode=p.exitcode)
-                procs[i] = start()
-                started[i] = time.monotonic()
-    for p in procs:
-        p.join()
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+        arbiter.serve(settings, database.service, host, port, workers)
+    return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

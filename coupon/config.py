@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     # transactions one process keeps at the database at once (1 = no batching at all)
     batch_max_size: int = 64
     batch_connections: int = 1
+    # seconds the requests in flight get to finish once a stop is asked for
+    shutdown_timeout: float = 30.0
     # seconds a terminal's clock may be off (SPEC: 300)
     clock_skew: int = 300
     # counter shards per province; more shards, less lock contention between writers

@@ -321,6 +321,8 @@ class EmbeddedPostgres:
         self._password: str | None = None
         self._port: int | None = None
         self._owned_pid: int | None = None  # postmaster pid, only when we launched it
+        # the process that launched it: a forked child (a worker) never stops it
+        self._owner_process: int | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -382,7 +384,7 @@ class EmbeddedPostgres:
         the WAL, as after a crash)."""
         if mode not in ("smart", "fast", "immediate"):
             raise EmbeddedPostgresError(f"unknown shutdown mode {mode!r}")
-        if self._owned_pid is None:
+        if self._owned_pid is None or self._owner_process != os.getpid():
             return
         with self._locked():
             pid = self._owned_pid
@@ -634,6 +636,7 @@ class EmbeddedPostgres:
                 self._wait_tcp(port, info.pid)
                 self._port = port
                 self._owned_pid = info.pid
+                self._owner_process = os.getpid()
                 return
             new_log = self._log_since(log_offset)
             if (

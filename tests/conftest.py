@@ -64,40 +64,58 @@ def admin_dsn() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-async def template_dsn(admin_dsn: str) -> AsyncIterator[str]:
+async def create_database(
+    admin_dsn: str,
+    name: str,
+    *,
+    owner: str | None = logins.OWNER,
+    template: str | None = None,
+    migrated: bool = False,
+) -> str:
+    """A new database (owner None: the superuser, as 0.1.0 made them), a copy of a template or
+    migrated to the newest schema; the superuser's DSN of it. The login roles are made first."""
     conn = await asyncpg.connect(admin_dsn)
     try:
         for statement in logins.role_statements(PASSWORDS):
             await conn.execute(statement)
-        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {TEMPLATE} OWNER {logins.OWNER}")
+        await conn.execute(
+            f"CREATE DATABASE {name}"
+            + (f" TEMPLATE {template}" if template else "")
+            + (f" OWNER {owner}" if owner else "")
+        )
     finally:
         await conn.close()
-    dsn = _with_database(admin_dsn, TEMPLATE)
-    conn = await asyncpg.connect(dsn)
+    dsn = _with_database(admin_dsn, name)
+    if migrated:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrations.migrate(conn, TEST_SHARDS)
+        finally:
+            await conn.close()
+    return dsn
+
+
+async def drop_databases(admin_dsn: str, *names: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
     try:
-        await migrations.migrate(conn, TEST_SHARDS)
+        for name in names:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await conn.close()
-    yield dsn
+
+
+@pytest.fixture(scope="session")
+async def template_dsn(admin_dsn: str) -> AsyncIterator[str]:
+    await drop_databases(admin_dsn, TEMPLATE)
+    yield await create_database(admin_dsn, TEMPLATE, migrated=True)
 
 
 @pytest.fixture
 async def superuser_dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
     """A fresh database cloned from the template, dropped after the test: a superuser's DSN."""
     name = "t_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER {logins.OWNER}")
-    finally:
-        await conn.close()
-    yield _with_database(admin_dsn, name)
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    yield await create_database(admin_dsn, name, template=TEMPLATE)
+    await drop_databases(admin_dsn, name)
 
 
 @pytest.fixture
@@ -109,22 +127,11 @@ async def empty_database(
     made: list[str] = []
 
     async def make(owner: str | None = logins.OWNER) -> str:
-        name = "e_" + uuid.uuid4().hex[:16]
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f"CREATE DATABASE {name}" + (f" OWNER {owner}" if owner else ""))
-        finally:
-            await conn.close()
-        made.append(name)
-        return _with_database(admin_dsn, name)
+        made.append("e_" + uuid.uuid4().hex[:16])
+        return await create_database(admin_dsn, made[-1], owner=owner)
 
     yield make
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        for name in made:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    await drop_databases(admin_dsn, *made)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from coupon import audit
+from coupon import audit, db
 from tests.integration.terminal import Client, World, make_terminal, make_world
 
 
@@ -480,3 +480,38 @@ async def test_auditor_reads_are_read_only(conn: asyncpg.Connection) -> None:
         await audit.read_only(conn)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM terminal_nonces")
+
+
+async def test_each_ledger_page_query_forces_the_plan_its_comment_names(
+    conn: asyncpg.Connection,
+) -> None:
+    """ledger_page walks seqs in order (through an index of the filter, when there is one);
+    ledger_page_in_window collects a time window's seqs from a time index instead of walking
+    the whole ledger in seq order hoping to meet the window early."""
+    await conn.execute("""
+        INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
+                            tranche_id, amount, created_at)
+        SELECT 'redemption', 'p' || g, 1 + g % 50, 1 + g % 20, lpad((g % 5000)::text, 10, '0'),
+               'IR-' || lpad((1 + g % 31)::text, 2, '0'), 1, 1000,
+               now() - interval '1 second' * (60000 - g)
+        FROM generate_series(1, 60000) AS g""")
+    await conn.execute("ANALYZE ledger")
+
+    async def plan(name: str, *filters: Any) -> str:
+        args = [*filters, *[None] * (8 - len(filters)), 0, 101, 10**9]
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            rows = await conn.fetch("EXPLAIN " + db.q(name), *args)
+        return "\n".join(r[0] for r in rows)
+
+    recent = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    window = await plan(
+        "ledger_page_in_window", None, None, None, "IR-15", None, None, recent, None
+    )
+    # the window's seqs come from a time index, then are sorted: no walk of the ledger by seq
+    assert "ledger_created_at_idx" in window or "ledger_province_time_idx" in window, window
+    assert "seq + 0" in window, window
+    by_household = await plan("ledger_page", "0000000042")
+    assert "ledger_national_id_idx" in by_household, by_household
+    everything = await plan("ledger_page")
+    assert "ledger_pkey" in everything and "Seq Scan" not in everything, everything

@@ -5,12 +5,12 @@ serves."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from coupon import db
 from coupon.config import Settings
-from tests.conftest import _with_database
 from tests.integration.terminal import Client, make_world
 
 HOT_TABLES = (
@@ -101,21 +101,14 @@ async def test_the_pool_is_opened_whole_and_warmed_before_it_serves(
 
 
 async def test_a_database_without_the_schema_still_gets_a_pool(
-    admin_dsn: str, settings: Settings
+    empty_database: Callable[..., Awaitable[str]], settings: Settings
 ) -> None:
     """The warm-up finds no functions to call; the pool opens, and the service's own start-up
     check is left to say what is missing."""
-    name = "t_empty_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f"CREATE DATABASE {name}")
+    empty = await empty_database()
+    pool = await db.create_pool(empty, settings.model_copy(update={"pool_max_size": 2}))
     try:
-        empty = _with_database(admin_dsn, name)
-        pool = await db.create_pool(empty, settings.model_copy(update={"pool_max_size": 2}))
-        try:
-            async with pool.acquire() as conn:
-                assert await conn.fetchval("SELECT 1") == 1
-        finally:
-            await pool.close()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
     finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
+        await pool.close()

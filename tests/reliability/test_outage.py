@@ -19,10 +19,10 @@ import asyncpg
 import orjson
 import pytest
 
-from coupon import logins, migrations
+from coupon import logins
 from coupon.config import Settings
 from coupon.embedded import EmbeddedPostgres
-from tests.conftest import PASSWORDS, TEST_SHARDS, as_role
+from tests.conftest import TEST_SHARDS, as_role, create_database
 from tests.faultproxy import FaultProxy
 from tests.reliability.harness import (
     Answer,
@@ -87,18 +87,9 @@ async def durable_dsn(durable_cluster: EmbeddedPostgres) -> AsyncIterator[str]:
     try:
         assert await conn.fetchval("SHOW fsync") == "on"
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
-        for statement in logins.role_statements(PASSWORDS):
-            await conn.execute(statement)
-        await conn.execute(f"CREATE DATABASE outage OWNER {logins.OWNER}")
     finally:
         await conn.close()
-    dsn = logins.dsn_for(admin, database="outage")
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrations.migrate(conn, TEST_SHARDS)
-    finally:
-        await conn.close()
-    yield as_role(dsn, logins.WRITER)
+    yield as_role(await create_database(admin, "outage", migrated=True), logins.WRITER)
 
 
 async def test_postgres_stopped_and_started_under_load(

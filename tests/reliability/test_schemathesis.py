@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 from coupon import auth, logins, tokens
 from coupon.api.openapi import document
 from coupon.api.routes import ROUTES
-from tests.conftest import TEMPLATE, _with_database, as_role
+from tests.conftest import TEMPLATE, as_role, create_database, drop_databases
 from tests.reliability.harness import Pos, Server, record, seed, soak
 
 EXAMPLES = 300 if soak() else 100
@@ -78,17 +78,8 @@ class Bearer(requests.auth.AuthBase):
 async def api_dsn(admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
     """One database for the whole module (the per-test `dsn` would be one per operation)."""
     name = "t_fuzz_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER {logins.OWNER}")
-    finally:
-        await conn.close()
-    yield _with_database(admin_dsn, name)
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    yield await create_database(admin_dsn, name, template=TEMPLATE)
+    await drop_databases(admin_dsn, name)
 
 
 @pytest.fixture(scope="module")

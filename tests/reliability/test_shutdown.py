@@ -110,7 +110,11 @@ async def test_a_dead_worker_is_replaced_and_orphans_stop(dsn: str) -> None:
         await server.start()
         assert server.proc is not None
         parent = server.proc.pid
-        workers = children(parent)
+        for _ in range(100):  # the arbiter forks them one after another
+            workers = children(parent)
+            if len(workers) == 2:
+                break
+            await asyncio.sleep(0.05)
         assert len(workers) == 2
         os.kill(next(iter(workers)), signal.SIGKILL)
         for _ in range(200):
