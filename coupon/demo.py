@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coupon import db, households, merchants, national_id, tokens, tranches
-from coupon.models import Band, MerchantCreate, TerminalCreated, TrancheCreate
+from coupon.models import CATEGORIES, Band, MerchantCreate, TerminalCreated, TrancheCreate
 from coupon.provinces import iran_provinces
 
 CENSUS_FILE = "census_2016_population.csv"
@@ -136,17 +136,8 @@ async def seed(
                 name="Demo phase (deciles 1-7)",
                 starts_at=now - dt.timedelta(minutes=5),
                 ends_at=now + dt.timedelta(days=30),
-                categories=[
-                    "rice",
-                    "cooking_oil",
-                    "chicken",
-                    "red_meat",
-                    "eggs",
-                    "dairy",
-                    "legumes",
-                    "sugar",
-                    "pasta",
-                ],
+                # the demo tranche's goods: every category but tea
+                categories=[c for c in CATEGORIES if c != "tea"],
                 carry_over=False,
                 bands=[
                     Band(up_to_decile=3, per_member_credit=5_000_000),

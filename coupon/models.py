@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import typing
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -31,7 +32,7 @@ Category = Literal[
     "pasta",
     "tea",
 ]
-CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
+CATEGORIES: tuple[str, ...] = typing.get_args(Category)
 Status = Literal["active", "suspended"]
 Role = Literal["operator", "auditor"]
 MAX_AMOUNT = 10**12
