@@ -36,13 +36,13 @@ soak: install         ## the long reliability runs; figures in test-artifacts/re
 	cat test-artifacts/reliability.jsonl
 
 lint: install
-	$(BIN)/ruff check coupon tests loadtest
-	$(BIN)/ruff format --check coupon tests loadtest
+	$(BIN)/ruff check coupon tests loadtest examples
+	$(BIN)/ruff format --check coupon tests loadtest examples
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format coupon tests loadtest
-	$(BIN)/ruff check --fix coupon tests loadtest
+	$(BIN)/ruff format coupon tests loadtest examples
+	$(BIN)/ruff check --fix coupon tests loadtest examples
 
 bench: install wrk    ## pgbench TPC-B, then signed POS traffic (wrk, open loop) on the same PostgreSQL
 	$(BIN)/python -m loadtest.bench
