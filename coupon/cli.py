@@ -87,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`coupon merchants list | head`): stop quietly, as cat does; the
+        # interpreter must not fail again flushing stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             print(f"coupon: {_port_in_use(args)}", file=sys.stderr)

@@ -362,3 +362,24 @@ async def test_the_sample_households_csv(dsn: str, conn: asyncpg.Connection) -> 
     code, out, _ = await coupon(dsn, "households", "import", str(sample))
     assert code == 0 and f"imported {len(lines) - 1}, updated 0, rejected 0" in out
     assert await conn.fetchval("SELECT count(*) FROM households") == len(lines) - 1
+
+
+async def test_a_reader_that_goes_away_is_no_error(dsn: str, conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO merchants (name, province) SELECT 'Store ' || i, 'IR-15' "
+        "FROM generate_series(1, 20000) i"
+    )
+    read, write = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "coupon", "merchants", "list"),
+        env={**os.environ, "DATABASE_URL": dsn, "COUPON_LOG_LEVEL": "warning"},
+        stdout=write,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write)
+    os.read(read, 100)  # like `| head -1`
+    os.close(read)
+    assert proc.stderr is not None
+    err = (await asyncio.wait_for(proc.stderr.read(), 60)).decode()
+    assert await proc.wait() == 141
+    assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err
