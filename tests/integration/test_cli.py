@@ -383,3 +383,34 @@ async def test_a_reader_that_goes_away_is_no_error(dsn: str, conn: asyncpg.Conne
     err = (await asyncio.wait_for(proc.stderr.read(), 60)).decode()
     assert await proc.wait() == 141
     assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err
+
+
+async def test_serve_writes_request_logs_where_told(dsn: str, tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "serve.log"
+    port = closed_port()
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "coupon", "serve", "--port", str(port)),
+        env={
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "COUPON_LOG_FILE": str(log_file),
+            "COUPON_POOL_MAX_SIZE": "2",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert first.decode().strip() == f"coupon: request logs go to {log_file}"
+        serving = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert serving.decode().startswith("serving on")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 401")
+        writer.close()
+    finally:
+        proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert b'"event"' not in out  # no JSON line on stdout
+    assert '"route":"/v1/stats","status":401' in log_file.read_text()
