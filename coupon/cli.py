@@ -867,6 +867,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     port = args.port or settings.port
     check_port(host, port)
     if args.workers > 1:
+        if settings.log_file is not None and str(settings.log_file) != "-":
+            # each worker configures its own logging, on stdout
+            print("coupon: COUPON_LOG_FILE is not applied with --workers: logs go to stdout")
         if settings.database_url:
             asyncio.run(
                 _reach(
