@@ -242,8 +242,7 @@ class _Parser(argparse.ArgumentParser):
 
 _ENV_HELP = {
     "database_url": "the PostgreSQL to use (unset: the embedded one of COUPON_DATA_DIR)",
-    "data_dir": "the embedded PostgreSQL's directory (unset: the nearest .coupon/ from the "
-    "working directory up, as git finds .git)",
+    "data_dir": "the embedded PostgreSQL's directory (unset: the nearest .coupon/ up from here)",
     "host": "address serve listens on",
     "port": "port serve listens on",
     "pool_max_size": "database connections per process",
@@ -291,7 +290,7 @@ def _env_epilog(names: Sequence[str]) -> str:
         field = Settings.model_fields[name]
         variable = str(field.validation_alias or f"COUPON_{name.upper()}")
         default = field.default
-        shown = "" if default is None else f" (default: {default})"
+        shown = "" if default is None or name == "data_dir" else f" (default: {default})"
         lines.append(f"  {variable:<28} {_ENV_HELP[name]}{shown}")
     return "\n".join(lines)
 
@@ -310,7 +309,7 @@ def _command(
         name,
         help=summary,
         description=summary + (f"\n\n{details}" if details else ""),
-        epilog=_env_epilog(env) if database or env is not _DB_ENV else None,
+        epilog=_env_epilog(env) if env else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run, database=database)
@@ -447,7 +446,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["operator", "auditor"])
     create.add_argument("--name", default="", help="who holds it (default: none)")
 
-    hh = _group(sub, "households", "households")
+    hh = _group(sub, "households", "the households' register: CSV import")
     imp = _command(
         hh,
         "import",
@@ -458,7 +457,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("file", type=_csv_file, help="the CSV file")
 
-    merchants_group = _group(sub, "merchants", "stores")
+    merchants_group = _group(sub, "merchants", "stores: add, list, suspend, activate")
     add = _command(merchants_group, "add", "register a store; prints its id", _merchants_add)
     add.add_argument("--name", required=True, help="the store's name")
     add.add_argument("--province", required=True, help="its province's code, e.g. IR-23 (Tehran)")
@@ -475,7 +474,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("merchant_id", type=_positive, help="the store's id")
         p.set_defaults(status="suspended" if verb == "suspend" else "active")
 
-    terminals_group = _group(sub, "terminals", "POS terminals")
+    terminals_group = _group(sub, "terminals", "POS terminals: add, list, suspend, activate")
     tadd = _command(
         terminals_group,
         "add",
@@ -507,7 +506,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ver.add_argument("--seal", action="store_true", help="seal pending rows first")
 
-    report = _group(sub, "report", "reports")
+    report = _group(sub, "report", "reports: settlement per store")
     settle = _command(
         report, "settlement", "per-store settlement of a day, as CSV on stdout", _report_settlement
     )
