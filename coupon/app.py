@@ -13,6 +13,7 @@ from aiohttp import web
 
 from coupon import audit, db, live, logs
 from coupon.api import keys
+from coupon.api.guard import guard
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import serve
 from coupon.api.routes import ROUTES
@@ -127,6 +128,6 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app.on_shutdown.append(close_streams)
     for route in ROUTES:
         app.router.add_route(
-            route.method, route.match or route.path, route.handler, name=route.handler.__name__
+            route.method, route.match or route.path, guard(route), name=route.handler.__name__
         )
     return app

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from coupon import db
-from coupon.models import Verification
+from coupon.models import LedgerFilters, Verification
 
 GENESIS = bytes(32)
 HEAD_NOT_FOUND = "head not found"
@@ -29,28 +28,18 @@ CSV_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerFilter:
-    national_id: str | None = None
-    merchant_id: int | None = None
-    terminal_id: int | None = None
-    province: str | None = None
-    tranche_id: int | None = None
-    kind: str | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-
-    def args(self) -> tuple[Any, ...]:
-        return (
-            self.national_id,
-            self.merchant_id,
-            self.terminal_id,
-            self.province,
-            self.tranche_id,
-            self.kind,
-            self.since,
-            self.until,
-        )
+def _filter_args(where: LedgerFilters) -> tuple[Any, ...]:
+    """The filters as ledger_page's first eight parameters (null: any)."""
+    return (
+        where.national_id,
+        where.merchant_id,
+        where.terminal_id,
+        where.province,
+        where.tranche_id,
+        where.kind,
+        where.from_,
+        where.to,
+    )
 
 
 async def read_only(conn: db.Connection) -> None:
@@ -62,7 +51,7 @@ async def read_only(conn: db.Connection) -> None:
 
 
 async def ledger_page(
-    conn: db.Connection, where: LedgerFilter, after: int, limit: int
+    conn: db.Connection, where: LedgerFilters, after: int, limit: int
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Up to limit entries after the cursor, and the next cursor (None at the end)."""
     horizon = await commit_horizon(conn)
@@ -70,17 +59,15 @@ async def ledger_page(
         await read_only(conn)
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         query = (
-            "ledger_page"
-            if where.since is None and where.until is None
-            else ("ledger_page_in_window")
+            "ledger_page" if where.from_ is None and where.to is None else "ledger_page_in_window"
         )
-        rows = await conn.fetch(db.q(query), *where.args(), after, limit + 1, horizon)
+        rows = await conn.fetch(db.q(query), *_filter_args(where), after, limit + 1, horizon)
     entries = [dict(r) for r in rows[:limit]]
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 
 
 async def export_csv(
-    conn: db.Connection, where: LedgerFilter, write: Callable[[bytes], Coroutine[Any, Any, None]]
+    conn: db.Connection, where: LedgerFilters, write: Callable[[bytes], Coroutine[Any, Any, None]]
 ) -> None:
     """Stream every matching entry as CSV (PostgreSQL formats it; memory stays flat)."""
     query = db.q("ledger_page")
@@ -89,7 +76,7 @@ async def export_csv(
         await read_only(conn)
         await conn.copy_from_query(
             query,
-            *where.args(),
+            *_filter_args(where),
             0,
             None,
             horizon,

@@ -932,8 +932,7 @@ async def serve_until_stopped(
         await site.start()
         print(f"serving on http://{host}:{port}", flush=True)
         # What start-up made (modules, routes, models, the pool) lives as long as the process:
-        # out of the collector's sight, a full collection no longer walks it -- those were
-        # pauses of ~100 ms every few seconds under load (issue 6).
+        # out of the collector's sight, a full collection no longer walks it (long pauses).
         gc.collect()
         gc.freeze()
         if on_started:

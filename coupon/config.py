@@ -19,14 +19,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     # connections per process. The pool is opened whole before the first request (min = max
-    # unless set): a connection opened under load costs its first requests ~15 ms (log-in,
-    # codecs, PL/pgSQL compiling), just when requests are already waiting (issue 6)
+    # unless set): a connection opened under load makes its first requests slow (log-in,
+    # codecs, PL/pgSQL compiling), just when requests are already waiting
     pool_min_size: int | None = None
     pool_max_size: int = 16
     # seconds a request waits for a pool connection, a new connection, or one statement before
     # it answers 503 (a POS retries the same request; replays are idempotent)
     db_timeout: float = 5.0
-    # group commit (issue 6): redemptions per transaction at most, and how many such
+    # group commit: redemptions per transaction at most, and how many such
     # transactions one process keeps at the database at once (1 = no batching at all)
     batch_max_size: int = 64
     batch_connections: int = 1
@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     # seconds request log lines may wait in the stdout buffer (0: write and flush each line)
     log_flush_interval: float = 0.0
-    # `coupon serve` on uvloop (BENCHMARKS.md, issue 6: ~5-9 % less CPU a request); false:
-    # asyncio's own event loop
+    # `coupon serve` on uvloop (less CPU a request, BENCHMARKS.md); false: asyncio's own
+    # event loop
     uvloop: bool = True
     # live counters: how often the publisher looks for changes, and the least time between two
     # announcements (under load, events come at most this often; a dashboard needs no more)

@@ -31,40 +31,45 @@ if TYPE_CHECKING:
     Connection: TypeAlias = (
         asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
     )
-    _AsyncpgPool: TypeAlias = asyncpg.Pool[asyncpg.Record]
-    _AcquireContext: TypeAlias = asyncpg.pool.PoolAcquireContext[asyncpg.Record]
+    AsyncpgPool: TypeAlias = asyncpg.Pool[asyncpg.Record]
 else:
     Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-    _AsyncpgPool = asyncpg.Pool
-    _AcquireContext = asyncpg.pool.PoolAcquireContext
+    AsyncpgPool = asyncpg.Pool
 
 
-class _Acquire(_AcquireContext):
-    """asyncpg's `async with pool.acquire()`, except that once the work inside has succeeded,
-    a failure to reset the connection on release does not turn that outcome into an error:
-    the answer is committed and known, and asyncpg has already thrown the connection away
-    (seen when a backend is killed right after answering)."""
+class Pool:
+    """asyncpg's pool behind the one seam the service needs, through its public API:
 
-    __slots__ = ()
+    - acquiring a connection gives up after `timeout` (asyncpg waits forever by default), and
+      so does the connection's reset on release: a database that stops answering costs a
+      request a bounded wait, then a 503;
+    - once the work inside has succeeded, a failure to release the connection does not turn
+      that outcome into an error: the answer is committed and known, and asyncpg has already
+      thrown the connection away (seen when a backend is killed right after answering)."""
 
-    async def __aexit__(self, *exc: object) -> None:
+    def __init__(self, pool: AsyncpgPool, timeout: float) -> None:
+        self.asyncpg = pool
+        self.timeout = timeout
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *, within: float | None = None) -> AsyncIterator[Connection]:
+        budget = self.timeout if within is None else within
+        conn = await self.asyncpg.acquire(timeout=budget)
         try:
-            await super().__aexit__(*exc)
+            yield conn
+        except BaseException:
+            await self.asyncpg.release(conn, timeout=budget)
+            raise
+        try:
+            await self.asyncpg.release(conn, timeout=budget)
         except Exception as failure:
-            if exc and exc[0] is not None:
-                raise
             log.warning("connection_release_failed", error=type(failure).__name__)
 
+    async def close(self) -> None:
+        await self.asyncpg.close()
 
-class Pool(_AsyncpgPool):
-    """asyncpg's pool, except that acquiring a connection gives up after `acquire_timeout`
-    (asyncpg waits forever by default). The same budget bounds the connection's reset on
-    release, so a database that stops answering costs a request a bounded wait, then a 503."""
-
-    acquire_timeout: float = 10.0
-
-    def acquire(self, *, timeout: float | None = None) -> _AcquireContext:
-        return _Acquire(self, self.acquire_timeout if timeout is None else timeout)
+    def terminate(self) -> None:
+        self.asyncpg.terminate()
 
 
 @cache
@@ -120,7 +125,7 @@ async def warm_up(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 async def _no_reset_query(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Release a connection to the pool without asyncpg's reset query (`SELECT
     pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`): one more round trip and
-    statement per request, ~10 % of a worker's CPU and PostgreSQL's too (issue 6). asyncpg
+    statement per request, a tenth of a worker's CPU and of PostgreSQL's (BENCHMARKS.md). asyncpg
     still rolls back an open transaction and drops listeners first. Pooled connections carry
     no session state to reset: settings are SET LOCAL or startup settings, advisory locks are
     transaction locks, and the session lock and LISTEN of the live counters have connections
@@ -151,18 +156,7 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
         "reset": _no_reset_query,
     }
     options.update(overrides)
-    # what asyncpg.create_pool does, with our Pool class
-    pool = Pool(
-        dsn,
-        connection_class=asyncpg.Connection,
-        record_class=asyncpg.Record,
-        loop=None,
-        max_queries=50_000,
-        **options,
-    )
-    pool.acquire_timeout = settings.db_timeout
-    await pool
-    return pool
+    return Pool(await asyncpg.create_pool(dsn, **options), settings.db_timeout)
 
 
 async def close_pool(pool: Pool, grace: float) -> None:
@@ -262,9 +256,13 @@ _CONSTRAINT_ERRORS: dict[str, tuple[type[errors.CouponError], str]] = {
     "merchants_province_fkey": (errors.InvalidRequest, "unknown province"),
 }
 
-# asyncpg's client-side "cannot encode this argument" error, an InterfaceError subclass that
-# asyncpg.DataError (SQLSTATE class 22) shadows at the package level
-_ARGUMENT_ERROR = asyncpg.exceptions._base.DataError
+
+def _argument_refused(exc: BaseException) -> bool:
+    """The driver refused to encode an argument (a value its type cannot hold): asyncpg's
+    client-side DataError, the InterfaceError that is a ValueError (the public name DataError
+    is the server's SQLSTATE class 22)."""
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
+
 
 # Infrastructure failures: the request may be retried as it is (terminal requests are
 # idempotent by request_id), so they become 503 service_unavailable, never 500.
@@ -278,7 +276,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
     # the driver's protocol state broke under it (a backend killed between two messages);
     # asyncpg discards the connection, and the request is safe to send again
-    asyncpg.exceptions._base.InternalClientError,
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -291,7 +289,7 @@ def never_applied(exc: BaseException) -> bool:
     timeout leave a statement's fate unknown: False."""
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] not in ("08", "57", "58")
-    return isinstance(exc, _ARGUMENT_ERROR)
+    return _argument_refused(exc)
 
 
 def translate(exc: BaseException) -> errors.CouponError | None:
@@ -307,7 +305,7 @@ def translate(exc: BaseException) -> errors.CouponError | None:
             return errors.InvalidRequest("a value is out of range", {"sqlstate": exc.sqlstate})
         if isinstance(exc, asyncpg.QueryCanceledError):
             return errors.ServiceUnavailable("the database did not answer in time")
-    if isinstance(exc, _ARGUMENT_ERROR):
+    if _argument_refused(exc):
         # a value the parameter's type cannot hold (the driver refused to send it): the
         # client's input, not the database's health -- checked before InterfaceError below
         return errors.InvalidRequest("a value is out of range")

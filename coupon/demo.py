@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from coupon import db, households, merchants, tokens, tranches
+from coupon import db, households, merchants, national_id, tokens, tranches
 from coupon.embedded import write_private
 from coupon.models import Band, MerchantCreate, TerminalCreated, TrancheCreate
 from coupon.provinces import iran_provinces
@@ -76,11 +76,11 @@ def demo_households(
     rows = []
     for province in iran_provinces():
         for _ in range(per_province[province.code]):
-            national_id = ""
-            while not households.is_valid_national_id(national_id) or national_id in seen:
-                national_id = households.with_check_digit(f"{rng.randrange(10**9):09d}")
-            seen.add(national_id)
-            rows.append((national_id, province.code, rng.choice(MEMBERS), rng.randint(1, 10)))
+            nid = ""
+            while not national_id.is_valid(nid) or nid in seen:
+                nid = national_id.with_check_digit(f"{rng.randrange(10**9):09d}")
+            seen.add(nid)
+            rows.append((nid, province.code, rng.choice(MEMBERS), rng.randint(1, 10)))
     return rows
 
 

@@ -3,6 +3,7 @@ default message. Nothing here knows aiohttp."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 
@@ -217,12 +218,19 @@ class TrancheNotFound(NotFound):
     code = "tranche_not_found"
 
 
-def by_code(code: str) -> type[CouponError]:
-    """The error class whose stable code this is (codes the database functions answer)."""
+def by_code(code: str) -> CouponError:
+    """The error a stable code names (codes the database functions answer); an unknown code is
+    a bug, answered as an internal error."""
+    cls = _classes().get(code)
+    return cls() if cls is not None else CouponError(f"unknown outcome {code!r}")
+
+
+@functools.cache
+def _classes() -> dict[str, type[CouponError]]:
+    found: dict[str, type[CouponError]] = {}
     stack: list[type[CouponError]] = [CouponError]
     while stack:
         cls = stack.pop()
-        if cls.code == code:
-            return cls
+        found.setdefault(cls.code, cls)
         stack.extend(cls.__subclasses__())
-    raise KeyError(code)
+    return found

@@ -1,5 +1,5 @@
-"""Households: the national-id checksum and the bulk CSV import (upsert, bad lines reported by
-number, never blocking the good ones)."""
+"""Households: the bulk CSV import (upsert, bad lines reported by number, never blocking the good
+ones) and status changes."""
 
 from __future__ import annotations
 
@@ -9,35 +9,11 @@ from typing import Any
 
 from coupon import db, errors
 
-NATIONAL_ID_LENGTH = 10
 IMPORT_COLUMNS = ("national_id", "province", "members", "decile")
-_DIGITS = frozenset("0123456789")
 MAX_LINE_BYTES = 64 * 1024
 # where the import stages its lines: a schema of its own, so the service's role needs no
 # CREATE on the public schema (see schema.sql)
 STAGING_SCHEMA = "coupon_staging"
-
-
-def is_valid_national_id(value: str) -> bool:
-    """10 ASCII digits, not all the same, with a valid check digit (SPEC)."""
-    if len(value) != NATIONAL_ID_LENGTH or not _DIGITS.issuperset(value):
-        return False
-    if value.count(value[0]) == NATIONAL_ID_LENGTH:
-        return False
-    s = sum(int(value[i]) * (10 - i) for i in range(9)) % 11
-    check = int(value[9])
-    return check == s if s < 2 else check == 11 - s
-
-
-def with_check_digit(first9: str) -> str:
-    """Complete 9 digits into a valid national id (for demo and test data)."""
-    s = sum(int(first9[i]) * (10 - i) for i in range(9)) % 11
-    return first9 + str(s if s < 2 else 11 - s)
-
-
-def mask_national_id(value: str) -> str:
-    """What logs may show of a national id: its last three digits."""
-    return "*******" + value[-3:] if len(value) >= 3 else "***"
 
 
 @dataclass(slots=True)
@@ -50,7 +26,7 @@ class ImportResult:
         return {"imported": self.imported, "updated": self.updated, "rejected": self.rejected}
 
 
-class CsvFormatError(ValueError):
+class CsvFormatError(errors.InvalidRequest):
     """The CSV cannot be imported at all (no usable header, not UTF-8 text)."""
 
 

@@ -6,14 +6,13 @@ import asyncio
 import logging
 import re
 import sys
-import time
 from collections.abc import MutableMapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
 
-from coupon.households import is_valid_national_id, mask_national_id
+from coupon import national_id
 
 # the last line of defence, for text nobody chose to log (an exception's message, a traceback):
 # national ids, bearer tokens, 64-hex-digit strings (terminal secrets, signatures), and the
@@ -36,7 +35,7 @@ def _scrub(text: str) -> str:
     text = _TOKEN.sub("cpn_[redacted]", text)
     text = _HEX_SECRET.sub("[redacted]", text)
     return _NATIONAL_ID.sub(
-        lambda m: mask_national_id(m[0]) if is_valid_national_id(m[0]) else m[0], text
+        lambda m: national_id.mask(m[0]) if national_id.is_valid(m[0]) else m[0], text
     )
 
 
@@ -50,47 +49,15 @@ def redact(
     return event
 
 
-class _UtcTimestamp:
-    """TimeStamper(fmt="iso", utc=True) to the character ("2026-11-27T20:00:00.123456Z"),
-    with the date and time formatted once per second rather than a datetime per line."""
+class _Unflushed:
+    """The log stream, minus flushing: a line goes into the stream's buffer, and a full buffer
+    or flush_periodically() writes it out -- a copy per line, not a write(2)."""
 
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(
-        self, logger: object, method: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        second, nanos = divmod(time.time_ns(), 1_000_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        micros = nanos // 1000
-        # datetime.isoformat() leaves out a zero fraction
-        event["timestamp"] = f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
-        return event
-
-
-class _BufferedLogger(structlog.BytesLogger):
-    """Writes each line into the stream's buffer without flushing it: a full buffer or
-    flush_periodically() flushes, so a line costs a copy, not a write(2) (issue 6)."""
-
-    def msg(self, message: bytes) -> None:
-        with self._lock:
-            self._write(message + b"\n")
-
-    log = debug = info = warn = warning = msg
-    fatal = failure = err = error = critical = exception = msg
-
-
-class _BufferedLoggerFactory:
     def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
+        self.write = stream.write
 
-    def __call__(self, *args: Any) -> _BufferedLogger:
-        return _BufferedLogger(self._stream)
+    def flush(self) -> None:
+        pass
 
 
 async def flush_periodically(stream: BinaryIO, every: float) -> None:
@@ -113,12 +80,14 @@ def configure(
     buffered: lines wait in the stream's buffer until flush_periodically() or a full buffer."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     out = stream or sys.stdout.buffer
-    factory: Any = _BufferedLoggerFactory(out) if buffered else structlog.BytesLoggerFactory(out)
+    # BytesLogger writes and flushes: all it needs of a file
+    target = cast(BinaryIO, _Unflushed(out)) if buffered else out
+    factory = structlog.BytesLoggerFactory(target)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _UtcTimestamp(),
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),

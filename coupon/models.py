@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -16,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from coupon.households import is_valid_national_id
+from coupon import national_id
 
 Category = Literal[
     "rice",
@@ -52,19 +53,12 @@ def _iso_text(value: object) -> object:
 
 
 ISO_DATETIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]")
-AwareDatetime = Annotated[
-    dt.datetime, BeforeValidator(_iso_text), AfterValidator(lambda v: _require_tz(v))
-]
-
-
-def _require_tz(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        raise ValueError("timestamp needs a time zone, e.g. 2026-03-21T00:00:00+03:30")
-    return value
+# pydantic's AwareDatetime (a time zone is required), from ISO 8601 text only
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 
 
 def _national_id(value: str) -> str:
-    if not is_valid_national_id(value):
+    if not national_id.is_valid(value):
         raise ValueError("invalid national id")
     return value
 
@@ -118,14 +112,14 @@ class Household(BaseModel):
 class Band(Model):
     up_to_decile: Annotated[int, Field(ge=1, le=10, strict=True)]
     per_member_credit: Rials
-    opens_at: AwareDatetime | None = None
+    opens_at: Timestamp | None = None
 
 
 class TrancheCreate(Model):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
     bands: Annotated[list[Band], Field(min_length=1, max_length=10)]
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: Timestamp
+    ends_at: Timestamp
     categories: Annotated[list[Category], Field(min_length=1)]
     carry_over: bool = False
 
@@ -334,8 +328,8 @@ class LedgerFilters(Model):
     province: ProvinceCode | None = None
     tranche_id: Id | None = None
     kind: Literal["redemption", "reversal"] | None = None
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: Timestamp | None = Field(default=None, alias="from")
+    to: Timestamp | None = None
 
 
 class LedgerQuery(LedgerFilters):

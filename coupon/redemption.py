@@ -35,7 +35,7 @@ def body_hash(model: RedemptionRequest | ReversalRequest) -> bytes:
 
 def _outcome(row: Any) -> Outcome:
     if row["error"] is not None:
-        raise errors.by_code(row["error"])()
+        raise errors.by_code(row["error"])
     return Outcome(row["http_status"], row["body"], bool(row.get("replayed", False)))
 
 

@@ -17,6 +17,7 @@ import asyncpg
 
 from coupon import audit
 from coupon.config import Settings
+from coupon.models import LedgerFilters
 from loadtest import redeem
 from loadtest.common import bench_database, print_result
 
@@ -43,9 +44,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def timed_pages(
-    conn: asyncpg.Connection, filters: list[audit.LedgerFilter]
-) -> dict[str, float]:
+async def timed_pages(conn: asyncpg.Connection, filters: list[LedgerFilters]) -> dict[str, float]:
     samples = []
     for where in filters:
         started = time.perf_counter()
@@ -88,18 +87,20 @@ async def at_scale(rows: int) -> dict[str, Any]:
                 [rng.randrange(1, rows) for _ in range(200)],
             )
             out["page_by_household"] = await timed_pages(
-                conn, [audit.LedgerFilter(national_id=r["national_id"]) for r in sample]
+                conn, [LedgerFilters(national_id=r["national_id"]) for r in sample]
             )
             out["page_by_merchant"] = await timed_pages(
-                conn, [audit.LedgerFilter(merchant_id=r["merchant_id"]) for r in sample]
+                conn, [LedgerFilters(merchant_id=r["merchant_id"]) for r in sample]
             )
             out["page_by_province_and_day"] = await timed_pages(
                 conn,
                 [
-                    audit.LedgerFilter(
-                        province=r["province"],
-                        since=r["created_at"],
-                        until=r["created_at"] + dt.timedelta(days=1),
+                    LedgerFilters.model_validate(
+                        {
+                            "province": r["province"],
+                            "from": r["created_at"],
+                            "to": r["created_at"] + dt.timedelta(days=1),
+                        }
                     )
                     for r in sample
                 ],
@@ -112,7 +113,7 @@ async def at_scale(rows: int) -> dict[str, Any]:
                 written += chunk.count(b"\n")
 
             started = time.perf_counter()
-            await audit.export_csv(conn, audit.LedgerFilter(), sink)
+            await audit.export_csv(conn, LedgerFilters(), sink)
             csv_s = time.perf_counter() - started
             out["csv_rows"] = written - 1
             out["csv_rows_per_s"] = round((written - 1) / csv_s)

@@ -71,7 +71,7 @@ VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     # batches at the database at once per process than the default 1
     "w2-nobatch": (2, {"COUPON_BATCH_MAX_SIZE": "1", "COUPON_BATCH_CONNECTIONS": "16"}),
     "w2-b1": (2, {"COUPON_BATCH_CONNECTIONS": "1"}),
-    # the pool opened on demand (2 connections at first), as before issue 6's second round
+    # the pool opened on demand (2 connections at first), as before the pool was opened whole
     "w2-lazypool": (2, {"COUPON_POOL_MIN_SIZE": "2"}),
     "w2-b2": (2, {"COUPON_BATCH_CONNECTIONS": "2"}),
     "w2-b4": (2, {"COUPON_BATCH_CONNECTIONS": "4"}),

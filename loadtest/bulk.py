@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from coupon import households, tranches
+from coupon import households, national_id, tranches
 from coupon.models import Band, TrancheCreate
 from coupon.provinces import iran_provinces
 from loadtest.common import OUT, bench_database, print_result
@@ -31,7 +31,7 @@ def generate_csv(n: int, seed: int = 1) -> str:
     rng.shuffle(prefixes)
     lines = ["national_id,province,members,decile\n"]
     for prefix in prefixes:
-        nid = households.with_check_digit(f"{prefix + 1:09d}")
+        nid = national_id.with_check_digit(f"{prefix + 1:09d}")
         lines.append(f"{nid},{rng.choice(codes)},{rng.randint(1, 8)},{rng.randint(1, 10)}\n")
     return "".join(lines)
 

@@ -25,13 +25,20 @@ import aiohttp
 import asyncpg
 import orjson
 
-from coupon import auth, demo, households
+from coupon import auth, demo, national_id
 from coupon.models import RedemptionRequest
 from coupon.provinces import iran_provinces
 from coupon.redemption import body_hash
 from loadtest.common import bench_database, print_result, service_dsn
 
 SHARDS = 16
+
+# one redemption through the batch function, as a batch of one (categories as an array)
+REDEEM_ONE = (
+    "SELECT http_status, error, body, replayed FROM redeem_many(ARRAY[$1::bigint], "
+    "ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::bigint], "
+    "ARRAY[array_to_string($7::text[], ',')], ARRAY[$8::boolean], $9)"
+)
 
 
 async def seed(dsn: str, n_households: int, n_terminals: int) -> tuple[list[str], list[Any]]:
@@ -40,7 +47,7 @@ async def seed(dsn: str, n_households: int, n_terminals: int) -> tuple[list[str]
     ids = []
     step = 10**9 // n_households
     for i in range(n_households):
-        ids.append(households.with_check_digit(f"{i * step + 1:09d}"))
+        ids.append(national_id.with_check_digit(f"{i * step + 1:09d}"))
     rows = [(nid, rng.choice(codes), rng.randint(1, 6), rng.randint(1, 7)) for nid in ids]
     conn = await asyncpg.connect(dsn)
     try:
@@ -80,7 +87,7 @@ async def db_loop(
                 )
                 t = time.perf_counter()
                 await conn.fetchrow(
-                    "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    REDEEM_ONE,
                     terminal,
                     uuid.uuid4().hex,
                     req.request_id,

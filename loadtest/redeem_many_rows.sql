@@ -1,4 +1,4 @@
--- The first group commit (issue 6), kept verbatim to measure against (not part of the schema):
+-- The first group commit, kept verbatim to measure against (not part of the schema):
 -- redeem_many() calling a per-row function, statement by statement.
 --     python -m loadtest.pgcost --setup loadtest/redeem_many_rows.sql \
 --         --variants redeem_many,redeem_many_rows

@@ -26,7 +26,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from coupon import auth, demo, households
+from coupon import auth, demo, national_id
 
 MIX = {"redeem": 0.90, "balance": 0.04, "reverse": 0.03, "retry": 0.03}
 
@@ -54,7 +54,7 @@ async def seed(dsn: str, n_households: int, n_terminals: int, rng_seed: int = 5)
     step = 10**9 // n_households
     rows = [
         (
-            households.with_check_digit(f"{i * step + 1:09d}"),
+            national_id.with_check_digit(f"{i * step + 1:09d}"),
             rng.choices(codes, weights)[0],
             rng.randint(1, 6),
             rng.randint(1, 7),

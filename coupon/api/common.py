@@ -1,20 +1,16 @@
-"""Helpers every handler uses: JSON in and out, and the bearer-token role check."""
+"""Helpers the handlers share: JSON in and out, validation errors, path parameters."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from coupon import errors, tokens
-from coupon.api import keys
+from coupon import errors
 
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _default(value: Any) -> Any:
@@ -59,54 +55,9 @@ def parse_json(body: bytes, model: type[M]) -> M:
         raise invalid(exc) from None
 
 
-async def read_json(request: web.Request, model: type[M]) -> M:
-    """Read and validate a JSON request body."""
-    if request.content_type != "application/json":
-        raise errors.UnsupportedMediaType("send the body as application/json")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.PayloadTooLarge() from None
-    return parse_json(body, model)
-
-
 def int_param(request: web.Request, name: str) -> int:
     """A positive integer path parameter, or 404 (no such resource can exist)."""
     raw = request.match_info[name]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise errors.NotFound(f"no such {name}")
     return int(raw)
-
-
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
-def require_role(*roles: str, query_token: bool = False) -> Callable[[Handler], Handler]:
-    """Admit a request whose bearer token has one of roles: 401 without one, 403 otherwise."""
-
-    def wrap(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def checked(request: web.Request) -> web.StreamResponse:
-            token = bearer_token(request)
-            if token is None and query_token:
-                token = request.query.get("access_token")
-            if not token:
-                raise errors.Unauthorized("send Authorization: Bearer <token>")
-            async with request.app[keys.POOL].acquire() as conn:
-                role = await tokens.role_of(conn, token)
-            if role is None:
-                raise errors.Unauthorized("unknown token")
-            request[keys.LOG]["role"] = role
-            if role not in roles:
-                raise errors.Forbidden(f"this endpoint needs the role {' or '.join(roles)}")
-            return await handler(request)
-
-        checked.roles = roles  # type: ignore[attr-defined]
-        return checked
-
-    return wrap

@@ -3,34 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-
-class CachedCounter(Counter):
-    """A Counter whose labels() is a dict lookup once a label set has been seen: prometheus'
-    own labels() checks, converts and locks on every call (issue 6: per request)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._children: dict[tuple[object, ...], Self] = {}
-
-    def labels(self, *labelvalues: object, **labelkwargs: object) -> Self:
-        if labelkwargs:
-            return super().labels(*labelvalues, **labelkwargs)
-        child = self._children.get(labelvalues)
-        if child is None:
-            child = self._children[labelvalues] = super().labels(*labelvalues)
-        return child
-
-    def remove(self, *labelvalues: Any) -> None:
-        self._children.clear()
-        super().remove(*labelvalues)
-
-    def clear(self) -> None:
-        self._children.clear()
-        super().clear()
 
 
 @dataclass
@@ -51,9 +26,10 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
-        # (method, route, status) -> the two children one answered request counts in
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self.outcomes = CachedCounter(
+        # label values -> child, per metric: prometheus' labels() checks, converts and locks on
+        # every call; on the request path a dict lookup does
+        self._children: dict[tuple[object, ...], Any] = {}
+        self.outcomes = Counter(
             "coupon_terminal_outcomes",
             "Terminal request outcomes (approved, declined reason)",
             ["kind", "outcome"],
@@ -76,16 +52,19 @@ class Metrics:
             registry=self.registry,
         )
 
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """metric.labels(*labels), looked up once per label set."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one answered request and its latency; the label children are looked up once
-        per (method, route, status), not with labels() per request (issue 6)."""
-        key = (method, route, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(method, route, str(status)),
-                self.latency.labels(route),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count one answered request and its latency."""
+        self.child(self.requests, method, route, str(status)).inc()
+        self.child(self.latency, route).observe(seconds)
+
+    def outcome(self, kind: str, outcome: str) -> None:
+        """Count one terminal request's outcome."""
+        self.child(self.outcomes, kind, outcome).inc()

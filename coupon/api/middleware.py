@@ -45,7 +45,7 @@ _HTTP_CODES = {
 
 @web.middleware
 async def serve(request: web.Request, handler: keys.Handler) -> web.StreamResponse:
-    """The one middleware (two cost a coroutine more a request, issue 6): every failure leaves
+    """The one middleware (two cost a coroutine more a request): every failure leaves
     as {"error": {code, message, details}}, bugs as a 500 with an incident id; and one JSON
     line per request: route, status, latency, who; never a secret or a full id."""
     started = time.perf_counter()

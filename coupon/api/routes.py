@@ -56,6 +56,12 @@ class Route:
     media: str | None = None  # the 200 answer's media type when it is not JSON
     database: bool = True  # needs the database (so it may answer 503)
     match: str | None = None  # the router's pattern, when it must be stricter than `path`
+    query_token: bool = False  # the bearer token may come as ?access_token= (EventSource)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The bearer-token roles admitted (none: terminals, or anyone)."""
+        return () if self.auth in ("none", "terminal") else tuple(self.auth.split(","))
 
 
 ROUTES: tuple[Route, ...] = (
@@ -158,6 +164,7 @@ ROUTES: tuple[Route, ...] = (
         media="text/event-stream",
         query=StreamQuery,
         tag="counters",
+        query_token=True,
     ),
     Route(
         "GET",

@@ -7,11 +7,11 @@ import contextlib
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
-from pydantic import ValidationError
 
 from coupon import counters, errors
 from coupon.api import keys
-from coupon.api.common import invalid, json_response, require_role
+from coupon.api.common import json_response
+from coupon.api.guard import query_of
 from coupon.models import StatsQuery, StreamQuery
 
 # the browser waits this long before reconnecting a dropped stream
@@ -22,23 +22,8 @@ HEARTBEAT_S = 15.0
 SEND_TIMEOUT_S = 30.0
 
 
-def tranche_param(request: web.Request, model: type[StatsQuery] = StatsQuery) -> int | None:
-    """?tranche_id=, validated with the rest of the query string (unknown parameters: 422)."""
-    raw = request.query.get("tranche_id")
-    if raw is not None and not (raw.isascii() and raw.isdigit()):
-        raise errors.InvalidRequest(
-            "tranche_id must be a positive integer",
-            [{"field": "tranche_id", "message": "not an integer"}],
-        )
-    try:
-        return model.model_validate(dict(request.query)).tranche_id
-    except ValidationError as exc:
-        raise invalid(exc) from None
-
-
-@require_role("operator", "auditor")
 async def get_stats(request: web.Request) -> web.Response:
-    tranche_id = tranche_param(request)
+    tranche_id = query_of(request, StatsQuery).tranche_id
     async with request.app[keys.POOL].acquire() as conn:
         result = await counters.stats(conn, tranche_id)
     return json_response(result)
@@ -53,9 +38,8 @@ class EventStream(EventSourceResponse):
         await self.write(frame)
 
 
-@require_role("operator", "auditor", query_token=True)
 async def stream_stats(request: web.Request) -> web.StreamResponse:
-    tranche_id = tranche_param(request, StreamQuery)
+    tranche_id = query_of(request, StreamQuery).tranche_id
     if keys.LIVE not in request.app:
         raise errors.ServiceUnavailable("live counters are off in this process")
     hub = request.app[keys.LIVE]

@@ -12,7 +12,7 @@ from coupon.api.common import json_response
 
 async def healthz(request: web.Request) -> web.Response:
     try:
-        async with request.app[keys.POOL].acquire(timeout=2) as conn:
+        async with request.app[keys.POOL].acquire(within=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)
     except db.UNAVAILABLE:
         return json_response({"status": "unavailable", "database": False}, status=503)

@@ -13,10 +13,6 @@ INSERT INTO province_counters_all (province, shard)
 SELECT p.code, s.shard FROM provinces p CROSS JOIN generate_series(0, $1::int - 1) AS s (shard)
 ON CONFLICT DO NOTHING;
 
--- name: list_provinces
--- All provinces, by code.
-SELECT code, name_en, name_fa FROM provinces ORDER BY code;
-
 -- name: set_meta
 -- Record a schema fact (the counter shard count).
 INSERT INTO schema_meta (key, value) VALUES ($1, $2)
@@ -48,8 +44,8 @@ SELECT pg_advisory_xact_lock(7365626, 1);
 
 -- name: create_import_lines
 -- Raw CSV lines of one import, numbered as in the file (line 1 is the header). UNLOGGED, not
--- TEMP: it lives in shared buffers instead of 8 MB of local ones (the import's staging spilled
--- to the OS page cache: validate + insert took 15-30 % longer). The import lock makes the fixed
+-- TEMP: it lives in shared buffers instead of 8 MB of local ones (spilling to the OS page cache
+-- slowed validation and insertion). The import lock makes the fixed
 -- name safe; created and dropped (drop_import_tables) inside the import's transaction, it is
 -- never visible to anyone else and is gone on rollback.
 CREATE UNLOGGED TABLE coupon_staging.import_lines (
@@ -223,7 +219,7 @@ WITH band AS (
     JOIN band b ON h.decile > b.above_decile AND h.decile <= b.up_to_decile
     LEFT JOIN entitlements prev ON prev.national_id = h.national_id AND prev.tranche_id = $2
     WHERE h.status = 'active'
-    -- in key order the primary-key index fills page by page instead of at random: -15 %
+    -- in key order the primary-key index fills page by page instead of at random
     ORDER BY h.national_id
     RETURNING province, credit + carried_in AS total, first_credit
 )
@@ -291,11 +287,6 @@ UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status
 -- name: terminal_secret
 -- The HMAC secret of a terminal, to verify its signatures.
 SELECT secret FROM terminals WHERE id = $1;
-
--- name: redeem
--- A redemption: one round trip, one transaction (the logic is the SQL function redeem()).
-SELECT http_status, error, body, replayed
-FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: redeem_many
 -- Group commit: many redemptions, one round trip, one transaction (SQL function redeem_many()).

@@ -23,25 +23,11 @@ CREATE TABLE provinces (
     name_fa text NOT NULL
 );
 
--- The SPEC's national-id rule in SQL: s = sum(d[i] * (10 - i), i = 0..8) % 11; valid iff
--- d9 = s when s < 2, else d9 = 11 - s. A plain expression, so the planner inlines it; the array
--- maps s to its check digit. For one value at a time; the import validates millions of rows
--- with the two-step form below (3x cheaper per row).
-CREATE OR REPLACE FUNCTION national_id_is_valid(nid text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN octet_length(nid) = 10 AND nid ~ '^[0-9]{10}$' AND nid <> repeat(left(nid, 1), 10)
-   AND ascii(substr(nid, 10, 1)) - 48 = ('{0,1,9,8,7,6,5,4,3,2,1}'::int[])[1 + (
-         ascii(substr(nid, 1, 1)) * 10 + ascii(substr(nid, 2, 1)) * 9
-       + ascii(substr(nid, 3, 1)) * 8 + ascii(substr(nid, 4, 1)) * 7
-       + ascii(substr(nid, 5, 1)) * 6 + ascii(substr(nid, 6, 1)) * 5
-       + ascii(substr(nid, 7, 1)) * 4 + ascii(substr(nid, 8, 1)) * 3
-       + ascii(substr(nid, 9, 1)) * 2 - 48 * 54) % 11];
-
--- The same rule in two steps, so that a bulk caller parses each id once and checks it with
--- plain bigint arithmetic (the regex and ten substr() calls above cost ~1.2 s per million
--- rows, these ~0.35 s): national_id_checksum_ok(national_id_number(x)) is true exactly when
--- national_id_is_valid(x) is (false or null otherwise). Compute national_id_number() in a
--- subquery and pass the column: inlining copies the argument into each of its ~15 references.
+-- The SPEC's national-id rule, the database's one copy of coupon/national_id.py (a test keeps
+-- them in agreement): national_id_checksum_ok(national_id_number(x)) is true exactly when x is
+-- valid (false or null otherwise). In two steps so that a bulk caller parses each id once and
+-- checks it with plain bigint arithmetic; compute national_id_number() in a subquery and pass
+-- the column, as inlining copies the argument into each of its references.
 
 -- The id as a number: 0..9999999999 when it is exactly 10 ASCII digits, else null (the guard
 -- keeps the cast from ever failing). The cast applies to the CASE, not inside it: a
@@ -52,7 +38,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN (CASE WHEN octet_length(nid) = 10 AND ltrim(nid, '0123456789') = '' THEN nid END)::int8;
 
 -- The checksum on that number: 10 digits, not all alike (n a multiple of 1111111111), and the
--- last digit is the one the array maps s to.
+-- last digit is the check digit of the first nine: s = sum(d[i] * (10 - i), i = 0..8) % 11, and
+-- the array maps s to s when s < 2, else to 11 - s.
 CREATE OR REPLACE FUNCTION national_id_checksum_ok(n bigint) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN n BETWEEN 0 AND 9999999999 AND n % 1111111111 <> 0
@@ -64,7 +51,7 @@ RETURN n BETWEEN 0 AND 9999999999 AND n % 1111111111 <> 0
 CREATE TABLE households (
     national_id text COLLATE "C" PRIMARY KEY
         -- full checksum validation happens on the way in (API, import); a regex CHECK here
-        -- would cost the bulk import 40 %
+        -- would slow the bulk import by a large part (BENCHMARKS.md)
         CONSTRAINT households_national_id_check CHECK (octet_length(national_id) = 10),
     -- no foreign key: the import checks provinces set-based, a per-row trigger would halve it
     province    text NOT NULL CONSTRAINT households_province_check CHECK (octet_length(province) = 5),
@@ -289,15 +276,10 @@ CREATE TABLE ledger_blocks (
     CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
 );
 
--- Autovacuum of the tables every redemption writes: their inserts are vacuumed, and all of
--- them analysed, every million rows -- not every 20 % / 10 % of their size. An insert vacuum
--- only sets the new pages' visibility bits, and the terminal path's plans do not follow the
--- statistics (key probes only, below); in steps of a million both stay short jobs at any size
--- of the table, minutes apart at the benchmark's peak and hours at the programme's. The
--- defaults made them jobs of millions of rows once the ledger is large -- and, on a small
--- database, one burst every minute in which a worker analysed every hot table at once and
--- took a core for a second (the open loop's p99, BENCHMARKS.md). Updates leave dead rows on
--- the tables' own thresholds: those are untouched.
+-- Autovacuum of the tables every redemption writes: inserts vacuumed and tables analysed every
+-- million rows, not every 10-20 % of their size, so that each run stays a short job at any size
+-- (the terminal path's plans do not follow the statistics: key probes only, below). Dead rows
+-- from updates keep the tables' own thresholds. Measured in BENCHMARKS.md.
 DO $$
 DECLARE
     t text;
@@ -429,11 +411,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 -- Every statement here is a probe by key, and the planner is told so: no sequential scans,
 -- no hash or merge joins. Then no statistics -- stale, or of a table analysed while it was
 -- empty -- can turn a probe into a scan of a grown table, and one generic plan per connection
--- is safe: planned once, not per call (30 % of the backend's time for a batch of 8,
--- loadtest/plan_cache_modes.sql). Generic plans alone -- and once PostgreSQL left to choose --
--- kept plans made while terminal_requests was empty, which then read it whole on every batch
--- (1,556 and 3,149 req/s instead of ~5,000; BENCHMARKS.md). tests/integration/
--- test_connections.py analyses the tables empty, lets them grow and counts the scans.
+-- is safe: planned once, not per call. tests/integration/test_connections.py analyses the
+-- tables empty, lets them grow and counts the scans; the figures are in BENCHMARKS.md.
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET search_path = public, pg_temp
@@ -656,20 +635,6 @@ BEGIN
     RETURN QUERY SELECT x.i::integer, a_status[x.i], a_error[x.i], a_body[x.i], a_replay[x.i]
                  FROM generate_subscripts(p_terminal_ids, 1) AS x(i);
 END $$;
-
--- A single redemption: a batch of one.
-CREATE OR REPLACE FUNCTION redeem(
-    p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
-    p_national_id text, p_amount bigint, p_categories text[], p_allow_partial boolean,
-    p_shards integer,
-    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
-LANGUAGE sql AS $$
-    SELECT r.http_status, r.error, r.body, r.replayed
-    FROM redeem_many(ARRAY[p_terminal_id], ARRAY[p_nonce], ARRAY[p_request_id],
-                     ARRAY[p_body_hash], ARRAY[p_national_id], ARRAY[p_amount],
-                     ARRAY[array_to_string(p_categories, ',')], ARRAY[p_allow_partial],
-                     p_shards) AS r;
-$$;
 
 CREATE OR REPLACE FUNCTION reverse(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,

@@ -6,7 +6,7 @@ import datetime as dt
 import random
 from typing import Any
 
-from coupon.households import is_valid_national_id, with_check_digit
+from coupon.national_id import is_valid, with_check_digit
 
 
 def national_ids(n: int, seed: int = 7) -> list[str]:
@@ -15,7 +15,7 @@ def national_ids(n: int, seed: int = 7) -> list[str]:
     found: dict[str, None] = {}
     while len(found) < n:
         nid = with_check_digit(f"{rng.randrange(10**9):09d}")
-        if is_valid_national_id(nid):
+        if is_valid(nid):
             found[nid] = None
     return list(found)
 

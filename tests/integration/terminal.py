@@ -17,6 +17,14 @@ from tests.integration.helpers import households_csv, national_ids, tranche_body
 Client = TestClient[Any, Any]
 
 
+# one redemption through the batch function, as a batch of one (categories as an array)
+REDEEM_ONE = (
+    "SELECT http_status, error, body, replayed FROM redeem_many(ARRAY[$1::bigint], "
+    "ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::bigint], "
+    "ARRAY[array_to_string($7::text[], ',')], ARRAY[$8::boolean], $9)"
+)
+
+
 @dataclass
 class Response:
     status: int

@@ -1,11 +1,10 @@
-"""The terminal path's connections (issue 6): its statements probe keys, never read a hot
+"""The terminal path's connections: its statements probe keys, never read a hot
 table whole, and the service's pool is opened whole, each connection warmed, before it
 serves."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import asyncpg
 
@@ -79,7 +78,7 @@ async def test_the_pool_is_opened_whole_and_warmed_before_it_serves(
     settings: Settings, conn: asyncpg.Connection
 ) -> None:
     fixed = settings.model_copy(update={"pool_min_size": None, "pool_max_size": 3})
-    pool = await db.create_pool(settings.database_url or "", fixed)
+    pool = (await db.create_pool(settings.database_url or "", fixed)).asyncpg
     try:
         assert pool.get_size() == 3  # opened whole, not on demand
         held = [await pool.acquire() for _ in range(3)]
@@ -111,9 +110,10 @@ async def test_a_database_without_the_schema_still_gets_a_pool(
     await admin.execute(f"CREATE DATABASE {name}")
     try:
         empty = _with_database(admin_dsn, name)
-        pool: Any = await db.create_pool(empty, settings.model_copy(update={"pool_max_size": 2}))
+        pool = await db.create_pool(empty, settings.model_copy(update={"pool_max_size": 2}))
         try:
-            assert await pool.fetchval("SELECT 1") == 1
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
         finally:
             await pool.close()
     finally:

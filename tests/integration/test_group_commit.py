@@ -23,7 +23,7 @@ from coupon.config import Settings
 from coupon.models import RedemptionRequest
 from coupon.redemption import Outcome, RedemptionBatcher
 from tests.integration.helpers import national_ids
-from tests.integration.terminal import Client, World, invariants, make_world
+from tests.integration.terminal import REDEEM_ONE, Client, World, invariants, make_world
 
 T = TypeVar("T")
 
@@ -180,7 +180,7 @@ async def test_a_batch_of_unknown_fate_fails_whole_and_is_not_retried(
 
 
 MANY = "SELECT * FROM redeem_many($1, $2, $3, $4, $5, $6, $7, $8, $9) ORDER BY n"
-ONE = "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+ONE = REDEEM_ONE
 
 
 async def rolled_back(conn: asyncpg.Connection, work: Callable[[], Awaitable[T]]) -> T:

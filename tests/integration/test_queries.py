@@ -12,7 +12,7 @@ IMPORT_STEPS = ("create_import_lines", "classify_import_lines")
 
 async def test_every_query_prepares(conn: asyncpg.Connection) -> None:
     names = set(db.queries())
-    assert {"redeem", "reverse", "balance_inquiry", "stats", "credit_tranche"} <= names
+    assert {"redeem_many", "reverse", "balance_inquiry", "stats", "credit_tranche"} <= names
     async with conn.transaction():
         await conn.execute(db.q("create_import_lines"))
         await conn.execute(db.q("classify_import_lines"), 4, 1, 2, 3, 4, None)

@@ -26,7 +26,7 @@ from coupon.models import RedemptionRequest
 from coupon.redemption import body_hash
 from tests.integration.helpers import tranche_body
 from tests.integration.sse import Event, EventReader, numbers
-from tests.integration.terminal import Client, World, make_world
+from tests.integration.terminal import REDEEM_ONE, Client, World, make_world
 
 STREAM = "/v1/stats/stream"
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -273,7 +273,7 @@ async def test_a_late_commit_of_a_lower_ledger_seq_is_not_missed(
             await tx.start()
             req = RedemptionRequest(request_id="slow-1", national_id=first, amount=1_000)
             row = await slow.fetchrow(
-                "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                REDEEM_ONE,
                 world.terminal.terminal_id,
                 uuid.uuid4().hex,
                 req.request_id,

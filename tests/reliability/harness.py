@@ -28,7 +28,7 @@ import asyncpg
 import orjson
 from aiohttp.test_utils import TestServer
 
-from coupon import auth, demo, households
+from coupon import auth, demo, national_id
 from coupon.app import create_app
 from coupon.config import Settings
 from coupon.provinces import iran_provinces
@@ -83,7 +83,7 @@ async def seed(dsn: str, n_households: int = 300, n_terminals: int = 8) -> World
     rng = random.Random(7)
     codes = [p.code for p in iran_provinces()]
     step = 10**9 // n_households
-    ids = [households.with_check_digit(f"{i * step + 17:09d}") for i in range(n_households)]
+    ids = [national_id.with_check_digit(f"{i * step + 17:09d}") for i in range(n_households)]
     rows = [(nid, rng.choice(codes), rng.randint(1, 4), rng.randint(1, 3)) for nid in ids]
     conn = await asyncpg.connect(dsn)
     try:

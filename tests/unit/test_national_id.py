@@ -1,6 +1,6 @@
 import pytest
 
-from coupon.households import is_valid_national_id, mask_national_id, with_check_digit
+from coupon.national_id import is_valid, mask, with_check_digit
 
 # Computed by hand from the SPEC rule: s = sum(d[i] * (10 - i)) % 11 over the first 9 digits.
 VALID = [
@@ -26,20 +26,20 @@ INVALID = [
 
 @pytest.mark.parametrize("value", VALID)
 def test_valid_ids(value: str) -> None:
-    assert is_valid_national_id(value)
+    assert is_valid(value)
 
 
 @pytest.mark.parametrize("value", INVALID)
 def test_invalid_ids(value: str) -> None:
-    assert not is_valid_national_id(value)
+    assert not is_valid(value)
 
 
 def test_every_check_digit_but_one_is_wrong() -> None:
     first9 = "008457594"
-    good = [d for d in "0123456789" if is_valid_national_id(first9 + d)]
+    good = [d for d in "0123456789" if is_valid(first9 + d)]
     assert good == ["8"]
     assert with_check_digit(first9) == "0084575948"
 
 
 def test_mask_keeps_only_three_digits() -> None:
-    assert mask_national_id("0084575948") == "*******948"
+    assert mask("0084575948") == "*******948"
