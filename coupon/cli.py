@@ -203,23 +203,29 @@ async def _reach(dsn: str, target: str, patience: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _database(settings: Settings, *, login: str = "service") -> AsyncIterator[db.Database]:
-    """db.database(), checked to answer before any work starts; says which database it is."""
+async def _database(
+    settings: Settings, *, login: str = "service", announce: bool = True
+) -> AsyncIterator[db.Database]:
+    """db.database(), checked to answer before any work starts; says on stderr which database
+    it is (announce=False: the command names it in its own output)."""
     target = describe(settings)
     new = not settings.database_url and not has_cluster(settings.data_dir)
     async with db.database(settings) as database:
         dsn = database.schema if login == "schema" else database.service
         await _reach(dsn, target, settings.db_timeout)
-        print(f"coupon: database: {target}{' (new)' if new else ''}", file=sys.stderr, flush=True)
+        if announce:
+            print(f"coupon: database: {target}{' (new)' if new else ''}", file=sys.stderr)
         yield database
 
 
-def _with_database(settings: Settings, work: Callable[[db.Connection], Awaitable[Any]]) -> Any:
+def _with_database(
+    settings: Settings, work: Callable[[db.Connection], Awaitable[Any]], announce: bool = True
+) -> Any:
     """Run work on one connection of the service's login, on a database at the newest schema
     (embedded PostgreSQL started and stopped around it)."""
 
     async def run() -> Any:
-        async with _database(settings) as database:
+        async with _database(settings, announce=announce) as database:
             conn = await asyncpg.connect(database.service)
             try:
                 await migrations.check_current(conn)
@@ -618,8 +624,9 @@ def _token_create(settings: Settings, args: argparse.Namespace) -> int:
     async def create(conn: db.Connection) -> str:
         return await tokens.create_token(conn, args.role, args.name)
 
-    token = _with_database(settings, create)
-    print(f"{args.role} token (shown once, store it now):")
+    # the token must be the last line of the output, stderr included: the database is named here
+    token = _with_database(settings, create, announce=False)
+    print(f"{args.role} token for {describe(settings)} (shown once, store it now):")
     print(token)
     return 0
 
@@ -727,12 +734,14 @@ def _terminals_add(settings: Settings, args: argparse.Namespace) -> int:
         return await merchants.create_terminal(conn, args.merchant)
 
     try:
-        created = _with_database(settings, add)
+        created = _with_database(settings, add, announce=False)
     except errors.MerchantNotFound:
         raise CliError(
             f"no merchant {args.merchant}: `coupon merchants list` shows them", 1
         ) from None
-    print(f"terminal {created.terminal_id} added to merchant {args.merchant}")
+    print(
+        f"terminal {created.terminal_id} added to merchant {args.merchant} in {describe(settings)}"
+    )
     print("its secret (shown once: put it in the POS now, it cannot be read back):")
     print(created.secret)
     return 0

@@ -415,3 +415,17 @@ async def test_serve_writes_request_logs_where_told(dsn: str, tmp_path: Path) ->
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert b'"event"' not in out  # no JSON line on stdout
     assert '"route":"/v1/stats","status":401' in log_file.read_text()
+
+
+async def test_token_and_secret_come_last_even_with_stderr(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    code, out, err = await coupon(dsn, "token", "create", "--role", "operator")
+    assert code == 0 and err == ""  # `out + err`, or `2>&1 | tail -1`, still ends with the token
+    assert "DATABASE_URL postgresql://coupon_writer@" in out
+    assert await tokens.role_of(conn, (out + err).strip().splitlines()[-1]) == "operator"
+    merchant = await conn.fetchval(
+        "INSERT INTO merchants (name, province) VALUES ('S', 'IR-15') RETURNING id"
+    )
+    code, out, err = await coupon(dsn, "terminals", "add", "--merchant", str(merchant))
+    assert code == 0 and err == "" and len((out + err).strip().splitlines()[-1]) == 64
