@@ -9,22 +9,11 @@ import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
-from coupon import db, errors
+from coupon import answers, db
 from coupon.models import RedemptionRequest, ReversalRequest
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the database answered: HTTP status, the JSON body (as text), and whether it is a
-    stored answer replayed for a repeated request_id."""
-
-    status: int
-    body: Any
-    replayed: bool = False
 
 
 def body_hash(model: RedemptionRequest | ReversalRequest) -> bytes:
@@ -33,15 +22,9 @@ def body_hash(model: RedemptionRequest | ReversalRequest) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def _outcome(row: Any) -> Outcome:
-    if row["error"] is not None:
-        raise errors.by_code(row["error"])
-    return Outcome(row["http_status"], row["body"], bool(row.get("replayed", False)))
-
-
 async def reverse(
     conn: db.Connection, terminal_id: int, nonce: str, request: ReversalRequest, shards: int
-) -> Outcome:
+) -> answers.Answer:
     row = await conn.fetchrow(
         db.q("reverse"),
         terminal_id,
@@ -51,12 +34,16 @@ async def reverse(
         request.original_request_id,
         shards,
     )
-    return _outcome(row)
+    assert row is not None  # the function returns one row
+    return answers.reversal(row, request)
 
 
-async def balance(conn: db.Connection, terminal_id: int, nonce: str, national_id: str) -> Outcome:
+async def balance(
+    conn: db.Connection, terminal_id: int, nonce: str, national_id: str
+) -> answers.Answer:
     row = await conn.fetchrow(db.q("balance_inquiry"), terminal_id, nonce, national_id)
-    return _outcome(row)
+    assert row is not None  # the function returns one row
+    return answers.balance(row, national_id)
 
 
 @dataclass(slots=True)
@@ -64,7 +51,7 @@ class _Pending:
     terminal_id: int
     nonce: str
     request: RedemptionRequest
-    answer: asyncio.Future[Outcome]
+    answer: asyncio.Future[answers.Answer]
 
 
 class RedemptionBatcher:
@@ -96,8 +83,10 @@ class RedemptionBatcher:
         self._sending = 0  # counted in _send itself: a done-callback would run too late
         self._senders: set[asyncio.Task[None]] = set()
 
-    async def redeem(self, terminal_id: int, nonce: str, request: RedemptionRequest) -> Outcome:
-        answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    async def redeem(
+        self, terminal_id: int, nonce: str, request: RedemptionRequest
+    ) -> answers.Answer:
+        answer: asyncio.Future[answers.Answer] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(terminal_id, nonce, request, answer))
         if self._sending < self._connections:
             self._sending += 1
@@ -152,7 +141,7 @@ class RedemptionBatcher:
             if p.answer.done():  # its request was cancelled; the redemption stands
                 continue
             try:
-                p.answer.set_result(_outcome(row))
+                p.answer.set_result(answers.redemption(row, p.terminal_id, p.request))
             except Exception as exc:  # a refusal with a stable code (401, 409...)
                 p.answer.set_exception(exc)
         for p in batch:  # never leave a request waiting, whatever came back

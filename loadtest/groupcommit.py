@@ -27,7 +27,7 @@ from loadtest.redeem import check_invariants
 
 SHARDS = 16
 BATCH = """
-SELECT http_status FROM redeem_many($1::bigint[], $2::text[], $3::text[], $4::bytea[],
+SELECT outcome FROM redeem_many($1::bigint[], $2::text[], $3::text[], $4::bytea[],
                                     $5::text[], $6::bigint[], $7::text[], $8::boolean[], $9)
 ORDER BY n
 """
@@ -67,7 +67,7 @@ async def loop(
                     deadlocks += 1
                     continue
                 calls += 1
-                approved += sum(1 for r in rows if r["http_status"] == 201)
+                approved += sum(1 for r in rows if r["outcome"] == "approved")
         finally:
             await conn.close()
         return approved, deadlocks, calls

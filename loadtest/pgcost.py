@@ -37,7 +37,7 @@ async def per_redemption_us(
     terminals: dict[str, list[int]] = {}
     for t in pop.terminals:
         terminals.setdefault(t.province, []).append(t.terminal_id)
-    query = f"SELECT n, http_status FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    query = f"SELECT n FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     started = time.perf_counter()
     for _ in range(calls):
         picks = sorted(rng.sample(pop.households, batch))

@@ -35,7 +35,7 @@ SHARDS = 16
 
 # one redemption through the batch function, as a batch of one (categories as an array)
 REDEEM_ONE = (
-    "SELECT http_status, error, body, replayed FROM redeem_many(ARRAY[$1::bigint], "
+    "SELECT outcome FROM redeem_many(ARRAY[$1::bigint], "
     "ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::bigint], "
     "ARRAY[array_to_string($7::text[], ',')], ARRAY[$8::boolean], $9)"
 )

@@ -290,16 +290,17 @@ SELECT secret FROM terminals WHERE id = $1;
 
 -- name: redeem_many
 -- Group commit: many redemptions, one round trip, one transaction (SQL function redeem_many()).
-SELECT n, http_status, error, body, replayed
+SELECT n, outcome, reason, entry_id, amount, remaining, tranche_id, province, merchant_id,
+       created_at, replayed
 FROM redeem_many($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: reverse
 -- A reversal of this terminal's earlier redemption (SQL function reverse()).
-SELECT http_status, error, body, replayed FROM reverse($1, $2, $3, $4, $5, $6);
+SELECT outcome, entry_id, amount, remaining, replayed FROM reverse($1, $2, $3, $4, $5, $6);
 
 -- name: balance_inquiry
 -- A household's eligibility and remaining credit in the current tranche.
-SELECT http_status, error, body FROM balance_inquiry($1, $2, $3);
+SELECT outcome, reason, tranche_id, remaining, ends_at FROM balance_inquiry($1, $2, $3);
 
 -- name: prune_nonces
 -- Forget nonces older than the clock window: a request that old is refused by its timestamp.
@@ -566,11 +567,11 @@ WITH t AS (
            coalesce(max(ends_at), 'infinity') AS ends_at
     FROM tranches WHERE $1::bigint IS NULL OR id = $1
 ), declines AS (
-    SELECT m.province, r.response->>'reason' AS reason, count(*) AS n
+    SELECT m.province, r.reason, count(*) AS n
     FROM terminal_requests r
     JOIN terminals d ON d.id = r.terminal_id
     JOIN merchants m ON m.id = d.merchant_id, t
-    WHERE r.kind = 'redemption' AND r.http_status = 402
+    WHERE r.kind = 'redemption' AND r.outcome = 'declined'
       AND r.created_at >= t.starts_at AND r.created_at < t.ends_at
     GROUP BY 1, 2
 ), ledger_sums AS (

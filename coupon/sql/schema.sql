@@ -166,9 +166,17 @@ CREATE TABLE terminal_requests (
     kind        text NOT NULL
         CONSTRAINT terminal_requests_kind_check CHECK (kind IN ('redemption', 'reversal')),
     body_hash   bytea NOT NULL,
-    http_status smallint NOT NULL,
-    response    jsonb NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the answer, typed (coupon/answers.py makes the HTTP response of it, first and on replay)
+    outcome     text NOT NULL CONSTRAINT terminal_requests_outcome_check
+        CHECK (outcome IN ('approved', 'declined', 'reversed', 'pending_original')),
+    reason      text,
+    entry_id    bigint,  -- the ledger row: the redemption's, or the reversal's
+    amount      bigint,
+    remaining   bigint,
+    tranche_id  bigint,
+    province    text,
+    merchant_id bigint,
     CONSTRAINT terminal_requests_pkey PRIMARY KEY (terminal_id, request_id)
 );
 
@@ -348,8 +356,10 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO coupon_writer;
 -- idempotent replays. Locks are always taken in the same order -- the ledger writers' lock
 -- (shared), the request's key, entitlement, household, counter shards -- so redemptions and
 -- reversals never deadlock; a batch (redeem_many) takes its households in national-id order.
--- Each returns (http_status, error, body, replayed): error is a stable code when the request is
--- refused without a stored answer (401, 403, 409, 422), otherwise body is the answer.
+-- Each returns its answer as typed columns: `outcome` is approved, declined, reversed,
+-- pending_original or balance -- or the stable code of a refusal that stores nothing
+-- (nonce_reused, idempotency_conflict, ...); coupon/answers.py maps it to the HTTP status and
+-- body. A replay returns the stored columns, so its body is made the same way, byte for byte.
 -- ============================================================================================
 
 CREATE OR REPLACE FUNCTION terminal_request_lock(p_terminal_id bigint, p_request_id text)
@@ -406,7 +416,9 @@ CREATE OR REPLACE FUNCTION redeem_many(
     p_terminal_ids bigint[], p_nonces text[], p_request_ids text[], p_body_hashes bytea[],
     p_national_ids text[], p_amounts bigint[], p_categories text[], p_allow_partial boolean[],
     p_shards integer)
-RETURNS TABLE (n integer, http_status integer, error text, body jsonb, replayed boolean)
+RETURNS TABLE (n integer, outcome text, reason text, entry_id bigint, amount bigint,
+               remaining bigint, tranche_id bigint, province text, merchant_id bigint,
+               created_at timestamptz, replayed boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 -- Every statement here is a probe by key, and the planner is told so: no sequential scans,
 -- no hash or merge joins. Then no statistics -- stale, or of a table analysed while it was
@@ -417,6 +429,7 @@ SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET search_path = public, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_shard   integer := pg_backend_pid() % p_shards;
     tr        record;
@@ -424,10 +437,17 @@ DECLARE
     fresh_t   bigint[];
     fresh_n   text[];
     -- the answer of each element
-    a_status  integer[] := array_fill(NULL::integer, ARRAY[cardinality(p_terminal_ids)]);
-    a_error   text[] := array_fill(NULL::text, ARRAY[cardinality(p_terminal_ids)]);
-    a_body    jsonb[] := array_fill(NULL::jsonb, ARRAY[cardinality(p_terminal_ids)]);
-    a_replay  boolean[] := array_fill(false, ARRAY[cardinality(p_terminal_ids)]);
+    dims      integer[] := ARRAY[cardinality(p_terminal_ids)];
+    a_outcome text[] := array_fill(NULL::text, dims);
+    a_reason  text[] := array_fill(NULL::text, dims);
+    a_entry   bigint[] := array_fill(NULL::bigint, dims);
+    a_amount  bigint[] := array_fill(NULL::bigint, dims);
+    a_left    bigint[] := array_fill(NULL::bigint, dims);
+    a_tranche bigint[] := array_fill(NULL::bigint, dims);
+    a_province text[] := array_fill(NULL::text, dims);
+    a_merchant bigint[] := array_fill(NULL::bigint, dims);
+    a_at      timestamptz[] := array_fill(NULL::timestamptz, dims);
+    a_replay  boolean[] := array_fill(false, dims);
     stored    integer[] := '{}';  -- elements whose answer is new: stored for replays
     copies    integer[] := '{}';  -- repeats of an element of this batch, and of which
     copy_of   integer[] := '{}';
@@ -447,9 +467,10 @@ DECLARE
     c_all_served   bigint[];
     cur_nid   text;
     bal       bigint;
-    reason    text;
+    why       text;
     approved  bigint;
     i         integer;
+    j         integer;
 BEGIN
     PERFORM ledger_write_lock();
     PERFORM terminal_request_lock(k.t, k.r)
@@ -485,8 +506,11 @@ BEGIN
         -- keeps the planner from turning them into joins, and a hash join over a table it
         -- once saw small is a scan of the whole table per batch once the plan is cached
         SELECT w.i, w.nid, w.nonce_ok, w.first_i,
-               pr.kind AS prior_kind, pr.body_hash AS prior_hash,
-               pr.http_status AS prior_status, pr.response AS prior_response,
+               pr.kind AS prior_kind, pr.body_hash AS prior_hash, pr.outcome AS prior_outcome,
+               pr.reason AS prior_reason, pr.entry_id AS prior_entry, pr.amount AS prior_amount,
+               pr.remaining AS prior_left, pr.tranche_id AS prior_tranche,
+               pr.province AS prior_province, pr.merchant_id AS prior_merchant,
+               pr.created_at AS prior_at,
                tm.status AS terminal_status, tm.merchant_id, tm.merchant_status,
                EXISTS (SELECT FROM pending_reversals pv
                        WHERE pv.terminal_id = w.t AND pv.original_request_id = w.rid) AS reversed,
@@ -507,18 +531,22 @@ BEGIN
     LOOP
         i := r.i;
         IF NOT r.nonce_ok THEN
-            a_status[i] := 401; a_error[i] := 'nonce_reused'; CONTINUE;
+            a_outcome[i] := 'nonce_reused'; CONTINUE;
         END IF;
         IF r.prior_kind IS NOT NULL THEN
             IF r.prior_kind <> 'redemption' OR r.prior_hash <> p_body_hashes[i] THEN
-                a_status[i] := 409; a_error[i] := 'idempotency_conflict'; CONTINUE;
+                a_outcome[i] := 'idempotency_conflict'; CONTINUE;
             END IF;
-            a_status[i] := r.prior_status; a_body[i] := r.prior_response; a_replay[i] := true;
+            a_outcome[i] := r.prior_outcome; a_reason[i] := r.prior_reason;
+            a_entry[i] := r.prior_entry; a_amount[i] := r.prior_amount;
+            a_left[i] := r.prior_left; a_tranche[i] := r.prior_tranche;
+            a_province[i] := r.prior_province; a_merchant[i] := r.prior_merchant;
+            a_at[i] := r.prior_at; a_replay[i] := true;
             CONTINUE;
         END IF;
         IF r.first_i <> i THEN
             IF p_body_hashes[r.first_i] <> p_body_hashes[i] THEN
-                a_status[i] := 409; a_error[i] := 'idempotency_conflict'; CONTINUE;
+                a_outcome[i] := 'idempotency_conflict'; CONTINUE;
             END IF;
             copies := copies || i; copy_of := copy_of || r.first_i;  -- answered at the end
             CONTINUE;
@@ -528,7 +556,7 @@ BEGIN
             cur_nid := r.nid; bal := r.balance;
         END IF;
         approved := NULL;
-        reason := CASE
+        why := CASE
             WHEN r.terminal_status <> 'active' THEN 'terminal_suspended'
             WHEN r.merchant_status <> 'active' THEN 'merchant_suspended'
             WHEN r.reversed THEN 'reversed'
@@ -540,23 +568,23 @@ BEGIN
             WHEN NOT (string_to_array(p_categories[i], ',') <@ tr.categories)
                 THEN 'category_not_allowed'
         END;
-        IF reason IS NULL THEN
+        IF why IS NULL THEN
             IF bal >= p_amounts[i] THEN
                 approved := p_amounts[i];
             ELSIF p_allow_partial[i] AND bal > 0 THEN
                 approved := bal;
             ELSE
-                reason := 'insufficient_balance';
+                why := 'insufficient_balance';
             END IF;
         END IF;
         stored := stored || i;
-        IF reason IS NOT NULL THEN
-            a_status[i] := 402;
-            a_body[i] := jsonb_build_object('status', 'declined', 'reason', reason,
-                                            'request_id', p_request_ids[i]);
+        a_at[i] := now();
+        IF why IS NOT NULL THEN
+            a_outcome[i] := 'declined'; a_reason[i] := why;
         ELSE
             bal := bal - approved;
-            a_status[i] := 201;
+            a_outcome[i] := 'approved'; a_amount[i] := approved; a_left[i] := bal;
+            a_tranche[i] := tr.id; a_province[i] := r.province; a_merchant[i] := r.merchant_id;
             ok_i := ok_i || i; ok_amount := ok_amount || approved; ok_left := ok_left || bal;
             ok_merchant := ok_merchant || r.merchant_id; ok_province := ok_province || r.province;
         END IF;
@@ -576,16 +604,7 @@ BEGIN
         FROM ins JOIN unnest(ok_i) WITH ORDINALITY AS x(i, k)
           ON ins.terminal_id = p_terminal_ids[x.i] AND ins.request_id = p_request_ids[x.i];
         FOR k IN 1 .. cardinality(ok_i) LOOP
-            i := ok_i[k];
-            a_body[i] := jsonb_build_object(
-                'redemption_id', seqs[k], 'request_id', p_request_ids[i], 'status', 'approved',
-                'national_id', p_national_ids[i], 'amount', ok_amount[k],
-                'remaining', ok_left[k], 'tranche_id', tr.id, 'province', ok_province[k],
-                'merchant_id', ok_merchant[k], 'terminal_id', p_terminal_ids[i],
-                'created_at', now());
-            IF p_allow_partial[i] THEN
-                a_body[i] := a_body[i] || jsonb_build_object('requested_amount', p_amounts[i]);
-            END IF;
+            a_entry[ok_i[k]] := seqs[k];
         END LOOP;
 
         -- balances and open redemptions per household, and who became served (0 -> some)
@@ -624,32 +643,40 @@ BEGIN
                                coalesce(c_all_province, '{}'), coalesce(c_all_served, '{}'));
     END IF;
     FOR k IN 1 .. cardinality(copies) LOOP
-        a_status[copies[k]] := a_status[copy_of[k]];
-        a_body[copies[k]] := a_body[copy_of[k]];
-        a_replay[copies[k]] := true;
+        i := copies[k]; j := copy_of[k];
+        a_outcome[i] := a_outcome[j]; a_reason[i] := a_reason[j]; a_entry[i] := a_entry[j];
+        a_amount[i] := a_amount[j]; a_left[i] := a_left[j]; a_tranche[i] := a_tranche[j];
+        a_province[i] := a_province[j]; a_merchant[i] := a_merchant[j]; a_at[i] := a_at[j];
+        a_replay[i] := true;
     END LOOP;
-    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
-    SELECT p_terminal_ids[x.i], p_request_ids[x.i], 'redemption', p_body_hashes[x.i],
-           a_status[x.i], a_body[x.i]
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, created_at, outcome,
+                                   reason, entry_id, amount, remaining, tranche_id, province,
+                                   merchant_id)
+    SELECT p_terminal_ids[x.i], p_request_ids[x.i], 'redemption', p_body_hashes[x.i], a_at[x.i],
+           a_outcome[x.i], a_reason[x.i], a_entry[x.i], a_amount[x.i], a_left[x.i],
+           a_tranche[x.i], a_province[x.i], a_merchant[x.i]
     FROM unnest(stored) AS x(i);
-    RETURN QUERY SELECT x.i::integer, a_status[x.i], a_error[x.i], a_body[x.i], a_replay[x.i]
+    RETURN QUERY SELECT x.i::integer, a_outcome[x.i], a_reason[x.i], a_entry[x.i], a_amount[x.i],
+                        a_left[x.i], a_tranche[x.i], a_province[x.i], a_merchant[x.i], a_at[x.i],
+                        a_replay[x.i]
                  FROM generate_subscripts(p_terminal_ids, 1) AS x(i);
 END $$;
 
 CREATE OR REPLACE FUNCTION reverse(
     p_terminal_id bigint, p_nonce text, p_request_id text, p_body_hash bytea,
     p_original_request_id text, p_shards integer,
-    OUT http_status integer, OUT error text, OUT body jsonb, OUT replayed boolean)
+    OUT outcome text, OUT entry_id bigint, OUT amount bigint, OUT remaining bigint,
+    OUT replayed boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET plan_cache_mode = force_generic_plan  -- key probes only, as redeem_many()
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET search_path = public, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     prior      terminal_requests%ROWTYPE;
     original   terminal_requests%ROWTYPE;
     orig       ledger%ROWTYPE;
-    remaining  bigint;
     ent_open   integer;
     hh_open    integer;
     served_in  text;
@@ -659,7 +686,7 @@ BEGIN
     replayed := false;
     PERFORM ledger_write_lock();  -- first, as in redeem_many()
     IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
-        http_status := 401; error := 'nonce_reused'; RETURN;
+        outcome := 'nonce_reused'; RETURN;
     END IF;
     -- both keys, in a fixed order: the reversal's own, and its original's (which a late
     -- original redemption locks too, so the two never pass each other)
@@ -669,9 +696,10 @@ BEGIN
     WHERE terminal_id = p_terminal_id AND request_id = p_request_id;
     IF FOUND THEN
         IF prior.kind <> 'reversal' OR prior.body_hash <> p_body_hash THEN
-            http_status := 409; error := 'idempotency_conflict'; RETURN;
+            outcome := 'idempotency_conflict'; RETURN;
         END IF;
-        http_status := prior.http_status; body := prior.response; replayed := true; RETURN;
+        outcome := prior.outcome; entry_id := prior.entry_id; amount := prior.amount;
+        remaining := prior.remaining; replayed := true; RETURN;
     END IF;
 
     SELECT * INTO original FROM terminal_requests
@@ -679,33 +707,31 @@ BEGIN
     IF NOT FOUND THEN
         IF EXISTS (SELECT FROM ledger WHERE kind = 'redemption'
                    AND request_id = p_original_request_id AND terminal_id <> p_terminal_id) THEN
-            http_status := 403; error := 'not_your_transaction'; RETURN;
+            outcome := 'not_your_transaction'; RETURN;
         END IF;
         INSERT INTO pending_reversals (terminal_id, original_request_id, request_id)
         VALUES (p_terminal_id, p_original_request_id, p_request_id)
         ON CONFLICT DO NOTHING;
         IF NOT FOUND THEN
-            http_status := 409; error := 'already_reversed'; RETURN;
+            outcome := 'already_reversed'; RETURN;
         END IF;
-        http_status := 202;
-        body := jsonb_build_object('status', 'pending_original', 'request_id', p_request_id,
-                                   'original_request_id', p_original_request_id);
+        outcome := 'pending_original';
     ELSIF original.kind <> 'redemption' THEN
-        http_status := 422; error := 'not_a_redemption'; RETURN;
-    ELSIF original.http_status <> 201 THEN
+        outcome := 'not_a_redemption'; RETURN;
+    ELSIF original.outcome <> 'approved' THEN
         -- declined (possibly because this very reversal's tombstone got there first)
         IF EXISTS (SELECT FROM pending_reversals WHERE terminal_id = p_terminal_id
                    AND original_request_id = p_original_request_id) THEN
-            http_status := 409; error := 'already_reversed'; RETURN;
+            outcome := 'already_reversed'; RETURN;
         END IF;
-        http_status := 422; error := 'original_declined'; RETURN;
+        outcome := 'original_declined'; RETURN;
     ELSE
-        SELECT * INTO orig FROM ledger WHERE seq = (original.response->>'redemption_id')::bigint;
+        SELECT * INTO orig FROM ledger WHERE seq = original.entry_id;
         IF EXISTS (SELECT FROM ledger WHERE reverses = orig.seq) THEN
-            http_status := 409; error := 'already_reversed'; RETURN;
+            outcome := 'already_reversed'; RETURN;
         END IF;
         IF orig.created_at < now() - interval '24 hours' THEN
-            http_status := 422; error := 'reversal_window_closed'; RETURN;
+            outcome := 'reversal_window_closed'; RETURN;
         END IF;
         UPDATE entitlements
         SET balance = balance + orig.amount, open_redemptions = open_redemptions - 1
@@ -729,60 +755,55 @@ BEGIN
             ARRAY[-orig.amount], ARRAY[-(ent_open = 0)::int::bigint],
             CASE WHEN hh_open = 0 THEN ARRAY[served_in] ELSE '{}' END,
             CASE WHEN hh_open = 0 THEN ARRAY[-1::bigint] ELSE '{}' END);
-        http_status := 201;
-        body := jsonb_build_object(
-            'status', 'reversed', 'reversal_id', entry.seq, 'request_id', p_request_id,
-            'original_request_id', p_original_request_id, 'amount', orig.amount,
-            'remaining', remaining);
+        outcome := 'reversed'; entry_id := entry.seq; amount := orig.amount;
     END IF;
-    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, http_status, response)
-    VALUES (p_terminal_id, p_request_id, 'reversal', p_body_hash, http_status, body);
+    INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, outcome, entry_id,
+                                   amount, remaining)
+    VALUES (p_terminal_id, p_request_id, 'reversal', p_body_hash, outcome, entry_id, amount,
+            remaining);
 END $$;
 
 CREATE OR REPLACE FUNCTION balance_inquiry(
     p_terminal_id bigint, p_nonce text, p_national_id text,
-    OUT http_status integer, OUT error text, OUT body jsonb)
+    OUT outcome text, OUT reason text, OUT tranche_id bigint, OUT remaining bigint,
+    OUT ends_at timestamptz)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan  -- key probes only, as redeem_many()
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$
+#variable_conflict use_column
 DECLARE
     term       record;
     hh_status  text;
-    v_tranche  bigint;
-    v_ends_at  timestamptz;
     v_balance  bigint;
     v_opens_at timestamptz;
-    reason     text;
 BEGIN
     IF NOT terminal_nonce_fresh(p_terminal_id, p_nonce) THEN
-        http_status := 401; error := 'nonce_reused'; RETURN;
+        outcome := 'nonce_reused'; RETURN;
     END IF;
     SELECT t.status AS terminal_status, m.status AS merchant_status INTO term
     FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
     IF term.terminal_status <> 'active' THEN
-        http_status := 403; error := 'terminal_suspended'; RETURN;
+        outcome := 'terminal_suspended'; RETURN;
     ELSIF term.merchant_status <> 'active' THEN
-        http_status := 403; error := 'merchant_suspended'; RETURN;
+        outcome := 'merchant_suspended'; RETURN;
     END IF;
     SELECT h.status INTO hh_status FROM households h WHERE h.national_id = p_national_id;
     IF NOT FOUND THEN
-        http_status := 404; error := 'household_not_found'; RETURN;
+        outcome := 'household_not_found'; RETURN;
     END IF;
-    SELECT t.id, t.ends_at INTO v_tranche, v_ends_at FROM tranches t
+    SELECT t.id, t.ends_at INTO tranche_id, ends_at FROM tranches t
     WHERE tstzrange(t.starts_at, t.ends_at) @> now();
     SELECT e.balance, e.opens_at INTO v_balance, v_opens_at FROM entitlements e
-    WHERE e.national_id = p_national_id AND e.tranche_id = v_tranche;
+    WHERE e.national_id = p_national_id AND e.tranche_id = balance_inquiry.tranche_id;
     reason := CASE
         WHEN hh_status <> 'active' THEN 'household_suspended'
-        WHEN v_tranche IS NULL THEN 'no_active_tranche'
+        WHEN tranche_id IS NULL THEN 'no_active_tranche'
         WHEN v_balance IS NULL THEN 'not_eligible'
         WHEN now() < v_opens_at THEN 'not_open_yet'
     END;
-    http_status := 200;
-    body := jsonb_build_object(
-        'national_id', p_national_id, 'eligible', reason IS NULL, 'reason', reason,
-        'tranche_id', v_tranche, 'remaining', coalesce(v_balance, 0), 'ends_at', v_ends_at);
+    outcome := 'balance';
+    remaining := coalesce(v_balance, 0);
 END $$;
 
 -- Only the service calls the functions that write the ledger.

@@ -19,7 +19,8 @@ Client = TestClient[Any, Any]
 
 # one redemption through the batch function, as a batch of one (categories as an array)
 REDEEM_ONE = (
-    "SELECT http_status, error, body, replayed FROM redeem_many(ARRAY[$1::bigint], "
+    "SELECT outcome, reason, entry_id, amount, remaining, tranche_id, province, merchant_id, "
+    "created_at, replayed FROM redeem_many(ARRAY[$1::bigint], "
     "ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::bigint], "
     "ARRAY[array_to_string($7::text[], ',')], ARRAY[$8::boolean], $9)"
 )
@@ -185,8 +186,8 @@ async def invariants(conn: asyncpg.Connection) -> dict[str, Any]:
     # every approved redemption has one ledger row; every stored approval names a real row
     orphans = await conn.fetchval("""
         SELECT count(*) FROM terminal_requests r
-        WHERE r.http_status = 201 AND r.kind = 'redemption'
-          AND NOT EXISTS (SELECT FROM ledger l WHERE l.seq = (r.response->>'redemption_id')::bigint
+        WHERE r.outcome = 'approved' AND r.kind = 'redemption'
+          AND NOT EXISTS (SELECT FROM ledger l WHERE l.seq = r.entry_id
                           AND l.kind = 'redemption' AND l.request_id = r.request_id)""")
     assert orphans == 0
     assert await conn.fetchval("SELECT count(*) FROM entitlements WHERE balance < 0") == 0

@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from coupon import audit, db, embedded, errors, logins, migrations, tokens
-from coupon.app import create_app
-from coupon.config import Settings
+from coupon import audit, db, embedded, errors, households, logins, merchants, migrations, tranches
+from coupon.models import MerchantCreate, TrancheCreate
 from coupon.provinces import iran_provinces
 from tests.conftest import TEST_SHARDS, as_role
-from tests.integration.terminal import invariants, make_world
+from tests.integration.helpers import households_csv, national_ids, tranche_body
+from tests.integration.terminal import invariants
 
 Factory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -45,10 +45,12 @@ async def _released(dsn: str) -> None:
 
 
 async def _fingerprint(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
-    """Row count and a digest of every row, per table of the schema."""
+    """Row count and a digest of every row, per table of the schema (the stored answers
+    change shape: _answers compares them)."""
     tables = await conn.fetch(
         "SELECT quote_ident(tablename) AS t FROM pg_tables WHERE schemaname = 'public' "
-        "AND tablename NOT IN ('schema_migrations', 'schema_meta') ORDER BY 1"
+        "AND tablename NOT IN ('schema_migrations', 'schema_meta', 'terminal_requests') "
+        "ORDER BY 1"
     )
     out = {}
     for row in tables:
@@ -60,6 +62,20 @@ async def _fingerprint(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
             )
         )
     return out
+
+
+ANSWERS_BEFORE = """
+SELECT terminal_id, request_id, kind, body_hash, created_at, response->>'status' AS outcome,
+       response->>'reason' AS reason,
+       coalesce(response->>'redemption_id', response->>'reversal_id')::bigint AS entry_id,
+       (response->>'amount')::bigint AS amount, (response->>'remaining')::bigint AS remaining,
+       (response->>'tranche_id')::bigint AS tranche_id, response->>'province' AS province,
+       (response->>'merchant_id')::bigint AS merchant_id
+FROM terminal_requests ORDER BY terminal_id, request_id"""
+ANSWERS_AFTER = """
+SELECT terminal_id, request_id, kind, body_hash, created_at, outcome, reason, entry_id, amount,
+       remaining, tranche_id, province, merchant_id
+FROM terminal_requests ORDER BY terminal_id, request_id"""
 
 
 def _schema_dump(dsn: str) -> str:
@@ -79,30 +95,47 @@ def _schema_dump(dsn: str) -> str:
 
 
 async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_row(
-    empty_database: Callable[..., Any], aiohttp_client: Factory
+    empty_database: Callable[..., Any],
 ) -> None:
     legacy = await empty_database(owner=None)
     await _released(legacy)
-    # fill it through the 0.1.0 schema: households, a tranche, redemptions, a reversal, seals
-    settings = Settings(database_url=legacy, pool_min_size=1, counter_shards=TEST_SHARDS)
+    # fill it through the 0.1.0 schema and its functions: households, a tranche, redemptions,
+    # a reversal, sealed blocks
     conn = await asyncpg.connect(legacy)
     try:
-        operator = {"Authorization": "Bearer " + await tokens.create_token(conn, "operator", "t")}
-        client = await aiohttp_client(create_app(settings, as_role(legacy, logins.WRITER)))
-        world = await make_world(client, operator, n=12)
-        for i, nid in enumerate(list(world.credit)[:8]):
-            resp = await world.terminal.redeem(nid, 1_000_000 + i, request_id=f"r{i}")
-            assert resp.status == 201, resp.body
-        assert (await world.terminal.reverse("r3")).status == 201
-        await client.close()
+        ids = national_ids(12, seed=4)
+        csv = households_csv([(nid, "IR-15", 2, 1 + i % 3) for i, nid in enumerate(ids)])
+        assert (await households.import_csv(conn, households.blocks_of(csv.encode()))).imported
+        tranche = TrancheCreate.model_validate(
+            tranche_body(bands=[{"up_to_decile": 3, "per_member_credit": 5_000_000}])
+        )
+        await tranches.open_tranche(conn, tranche)
+        merchant = await merchants.create_merchant(
+            conn, MerchantCreate(name="Shop", province="IR-15")
+        )
+        terminal = (await merchants.create_terminal(conn, merchant)).terminal_id
+        for i, nid in enumerate(ids[:8]):
+            row = await conn.fetchrow(
+                "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                terminal, f"n{i}", f"r{i}", bytes(32), nid, 1_000_000 + i, [], False, TEST_SHARDS,
+            )  # fmt: skip
+            assert row["http_status"] == 201, row
+        row = await conn.fetchrow(
+            "SELECT * FROM reverse($1, $2, $3, $4, $5, $6)",
+            terminal, "n-rev", "rev-1", bytes(32), "r3", TEST_SHARDS,
+        )  # fmt: skip
+        assert row["http_status"] == 201, row
         assert await audit.seal(conn) == 9
         before = await _fingerprint(conn)
         assert before["ledger"][0] == 9
+        answers = [dict(r) for r in await conn.fetch(ANSWERS_BEFORE)]
+        assert len(answers) == 9
 
         after_release = [m.label for m in migrations.available()[1:]]
         assert await migrations.migrate(conn, TEST_SHARDS) == after_release
 
         assert await _fingerprint(conn) == before
+        assert [dict(r) for r in await conn.fetch(ANSWERS_AFTER)] == answers
         assert (await audit.verify(conn)).ok
         await invariants(conn)
         state = await migrations.status(conn)
