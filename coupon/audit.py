@@ -11,6 +11,7 @@ from coupon import db
 from coupon.models import LedgerFilters, Verification
 
 GENESIS = bytes(32)
+HEAD_NOT_FOUND = "head not found"
 MAX_BLOCK_ROWS = 50_000
 CSV_COLUMNS = (
     "seq",
@@ -162,8 +163,13 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
             "changed, deleted, inserted or reordered"
         )
     elif expected_head is not None and known is None:
-        reason = "the recorded head is no longer in the chain: history was rewritten"
-        first_bad = 1
+        # an intact chain without the head: a head copied wrong or from another database looks
+        # exactly like a chain rebuilt from scratch, so claim no tampering and name no row
+        reason = (
+            f"{HEAD_NOT_FOUND}: {expected_head.hex()} is not a block of this ledger's chain, "
+            "which is otherwise intact; check that it was copied whole and from this database "
+            "-- if it was, the chain was rebuilt after it was recorded"
+        )
     return Verification(
         ok=reason is None,
         entries=entries,
@@ -172,3 +178,8 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
         first_bad_seq=first_bad,
         reason=reason,
     )
+
+
+def head_not_found(result: Verification) -> bool:
+    """The chain holds, but not the head it was asked about."""
+    return not result.ok and (result.reason or "").startswith(HEAD_NOT_FOUND)
