@@ -8,11 +8,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from coupon import audit, db, live, logs
-from coupon.api import keys
+from coupon.api import keys, openapi
 from coupon.api.guard import guard
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import serve
@@ -62,6 +63,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.METRICS] = Metrics()
 
     app[keys.SECRETS] = TerminalSecrets()
+    app[keys.OPENAPI] = orjson.dumps(openapi.document())
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[keys.POOL] = await db.create_pool(dsn, settings)

@@ -24,5 +24,7 @@ LIVE = web.AppKey("live", live.Hub)
 BATCHER = web.AppKey("redemption_batcher", RedemptionBatcher)
 # counter shards per province, as the database was initialised
 SHARDS = web.AppKey("counter_shards", int)
+# /openapi.json, encoded once
+OPENAPI = web.AppKey("openapi", bytes)
 # per request: fields the handler adds to the request's log line
 LOG = web.RequestKey("log", dict[str, object])
