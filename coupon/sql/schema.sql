@@ -681,6 +681,7 @@ DECLARE
     hh_open    integer;
     served_in  text;
     entry      record;
+    term       record;
     v_shard    integer := pg_backend_pid() % p_shards;
 BEGIN
     replayed := false;
@@ -700,6 +701,14 @@ BEGIN
         END IF;
         outcome := prior.outcome; entry_id := prior.entry_id; amount := prior.amount;
         remaining := prior.remaining; replayed := true; RETURN;
+    END IF;
+    -- a suspended terminal or store sends no new financial message, reversals included
+    SELECT t.status AS terminal_status, m.status AS merchant_status INTO term
+    FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
+    IF term.terminal_status <> 'active' THEN
+        outcome := 'terminal_suspended'; RETURN;
+    ELSIF term.merchant_status <> 'active' THEN
+        outcome := 'merchant_suspended'; RETURN;
     END IF;
 
     SELECT * INTO original FROM terminal_requests
