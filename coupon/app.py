@@ -12,7 +12,8 @@ import structlog
 from aiohttp import web
 
 from coupon import audit, db, live, logs
-from coupon.api import keys
+from coupon.api import keys, protocol
+from coupon.api.clients import Clients
 from coupon.api.guard import guard
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import serve
@@ -55,6 +56,12 @@ def background(
     return context
 
 
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = protocol.SERVER
+    # answers carry national ids and balances: no cache keeps them unless a handler says so
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """The service: routes, middleware, and a connection pool opened on start-up."""
     app = web.Application(middlewares=[serve], client_max_size=MAX_JSON_BODY)
@@ -62,6 +69,11 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.METRICS] = Metrics()
 
     app[keys.SECRETS] = TerminalSecrets()
+    app[keys.CLIENTS] = Clients(
+        settings.trusted_proxies, settings.metrics_networks, settings.metrics_token
+    )
+    protocol.install()
+    app.on_response_prepare.append(_headers)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[keys.POOL] = await db.create_pool(dsn, settings)

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from coupon import db
+from coupon import csvsafe, db
 from coupon.models import LedgerFilters, Verification
 
 GENESIS = bytes(32)
@@ -65,11 +65,20 @@ async def ledger_page(
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 
 
+# ledger.csv's rows: a page's, with its only free text made inert (a request id may start
+# with -)
+_CSV_ROWS = (
+    "SELECT "  # noqa: S608 (column names and a query of our own)
+    + ", ".join(f"{csvsafe.sql_cell(c)} AS {c}" if c == "request_id" else c for c in CSV_COLUMNS)
+    + " FROM ({page}) AS page"
+)
+
+
 async def export_csv(
     conn: db.Connection, where: LedgerFilters, write: Callable[[bytes], Coroutine[Any, Any, None]]
 ) -> None:
     """Stream every matching entry as CSV (PostgreSQL formats it; memory stays flat)."""
-    query = db.q("ledger_page")
+    query = _CSV_ROWS.format(page=db.q("ledger_page"))
     horizon = await commit_horizon(conn)
     async with conn.transaction(readonly=True):
         await read_only(conn)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -76,19 +77,43 @@ def parse_headers(headers: CIMultiDictProxy[str]) -> SignedRequest:
 
 class TerminalSecrets:
     """Terminal id -> HMAC secret, read from the database once per process (secrets never
-    change); unknown ids are not cached, so a terminal created a moment ago works at once."""
+    change). An unknown id is remembered as unknown for a few seconds, so that guessing ids
+    costs no query each; a terminal created in this process is known at once (forget())."""
+
+    UNKNOWN_TTL = 5.0
+    UNKNOWN_MAX = 10_000  # remembered unknown ids at most (a flood of guesses stays small)
 
     def __init__(self) -> None:
         self._secrets: dict[int, str] = {}
+        self._unknown: dict[int, float] = {}  # id -> until when it is taken as unknown
 
     async def get(self, pool: db.Pool, terminal_id: int) -> str | None:
         secret = self._secrets.get(terminal_id)
-        if secret is None:
-            async with pool.acquire() as conn:
-                secret = await conn.fetchval(db.q("terminal_secret"), terminal_id)
-            if secret is not None:
-                self._secrets[terminal_id] = secret
-        return secret
+        if secret is not None:
+            return secret
+        now = time.monotonic()
+        if self._unknown.get(terminal_id, 0.0) > now:
+            return None
+        async with pool.acquire() as conn:
+            found: str | None = await conn.fetchval(db.q("terminal_secret"), terminal_id)
+        if found is not None:
+            self._secrets[terminal_id] = found
+            self._unknown.pop(terminal_id, None)
+            return found
+        if len(self._unknown) >= self.UNKNOWN_MAX:
+            self._unknown = {k: v for k, v in self._unknown.items() if v > now}
+            if len(self._unknown) >= self.UNKNOWN_MAX:
+                self._unknown.clear()
+        self._unknown[terminal_id] = now + self.UNKNOWN_TTL
+        return None
+
+    def forget(self, terminal_id: int) -> None:
+        """A terminal was created under this id: no longer unknown."""
+        self._unknown.pop(terminal_id, None)
+
+
+# signs for unknown terminals, so that they take the time a known one takes
+_NO_SECRET = os.urandom(32).hex()
 
 
 async def verify(
@@ -106,8 +131,9 @@ async def verify(
     if abs(current - signed.timestamp) > clock_skew:
         raise errors.StaleTimestamp()
     secret = await secrets.get(pool, signed.terminal_id)
-    if secret is None:
-        raise errors.UnknownTerminal()
-    expected = sign(secret, method, path_qs, str(signed.timestamp), signed.nonce, body)
-    if not hmac.compare_digest(expected, signed.signature):
+    # an unknown terminal and a wrong signature answer alike: ids cannot be enumerated
+    expected = sign(
+        secret or _NO_SECRET, method, path_qs, str(signed.timestamp), signed.nonce, body
+    )
+    if not hmac.compare_digest(expected, signed.signature) or secret is None:
         raise errors.BadSignature()

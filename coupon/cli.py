@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from coupon import audit, db, errors, households, logins, logs, migrations, tokens
+from coupon import audit, csvsafe, db, errors, households, logins, logs, migrations, tokens
 from coupon.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -257,7 +257,7 @@ def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
     )
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csvsafe.cell(v) for k, v in row.items()} for row in rows)
     return 0
 
 

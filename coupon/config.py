@@ -51,5 +51,11 @@ class Settings(BaseSettings):
     # announcements (under load, events come at most this often; a dashboard needs no more)
     stats_poll_interval: float = 0.1
     stats_min_interval: float = 0.25
+    # the proxies whose X-Forwarded-For names the client (comma-separated addresses or CIDR
+    # networks); empty: the peer is the client and the header is ignored
+    trusted_proxies: str = ""
+    # who may read /metrics: these networks, or anyone presenting this bearer token
+    metrics_networks: str = "127.0.0.0/8,::1"
+    metrics_token: str | None = None
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True

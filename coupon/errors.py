@@ -52,12 +52,6 @@ class MissingSignature(Unauthorized):
     code = "missing_signature"
 
 
-class UnknownTerminal(Unauthorized):
-    """No terminal has this id."""
-
-    code = "unknown_terminal"
-
-
 class StaleTimestamp(Unauthorized):
     """X-Timestamp is more than 300 seconds away from the server's clock."""
 

@@ -43,6 +43,22 @@ Rials = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True)]
 ProvinceCode = Annotated[str, StringConstraints(pattern=r"^IR-[0-9]{2}$")]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
+# bidirectional controls (LRE..RLO, LRI..PDI) make a name display as other text than it is
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _no_bidi(value: str) -> str:
+    if _BIDI.search(value):
+        raise ValueError("names must not contain bidirectional control characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
+    AfterValidator(_no_bidi),
+]
+
 
 def _iso_text(value: object) -> object:
     # pydantic would also read 1700000000 or "0.5" as seconds since the epoch
@@ -117,7 +133,7 @@ class Band(Model):
 
 
 class TrancheCreate(Model):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: Name
     bands: Annotated[list[Band], Field(min_length=1, max_length=10)]
     starts_at: Timestamp
     ends_at: Timestamp
@@ -170,7 +186,7 @@ class TrancheList(BaseModel):
 
 
 class MerchantCreate(Model):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: Name
     province: ProvinceCode
 
 

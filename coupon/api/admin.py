@@ -87,6 +87,7 @@ async def create_terminal(request: web.Request) -> web.Response:
     merchant_id = int_param(request, "id")
     async with request.app[keys.POOL].acquire() as conn:
         created = await merchants.create_terminal(conn, merchant_id)
+    request.app[keys.SECRETS].forget(created.terminal_id)
     request[keys.LOG]["terminal_id"] = created.terminal_id  # the secret is never logged
     return json_response(created, status=201)
 

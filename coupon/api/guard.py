@@ -98,9 +98,13 @@ async def _verify_terminal(request: web.Request) -> bytes:
 
 def _bearer_token(request: web.Request, query_token: bool) -> str | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.query.get("access_token") if query_token else None
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if not token and query_token:
+        token = request.query.get("access_token", "")
+    # tokens are printable ASCII; other bytes (undecodable ones too) name no token
+    if token and not (token.isascii() and token.isprintable()):
+        raise errors.Unauthorized("unknown token")
+    return token or None
 
 
 async def _check_role(request: web.Request, roles: tuple[str, ...], query_token: bool) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from coupon import db, live
+from coupon.api.clients import Clients
 from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
@@ -18,6 +19,7 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", db.Pool)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
+CLIENTS = web.AppKey("clients", Clients)
 # the live counters: stats publisher, listener and SSE fan-out of this process
 LIVE = web.AppKey("live", live.Hub)
 # group commit of this process's redemptions

@@ -114,7 +114,7 @@ async def test_tampered_requests_are_refused_and_change_nothing(
     # no such terminal (well-formed, signed with a plausible secret)
     ghost = Terminal(client, 987654321, "00" * 32, 0)
     resp_t = await ghost.send(method, path, raw=body)
-    assert resp_t.status == 401 and resp_t.body["error"]["code"] == "unknown_terminal"
+    assert resp_t.status == 401 and resp_t.body["error"]["code"] == "bad_signature"
     # each header missing
     for header in ("X-Terminal-Id", "X-Timestamp", "X-Nonce", "X-Signature"):
         headers = auth.signed_headers(t.terminal_id, t.secret, method, path, body, t.nonce())
