@@ -157,6 +157,7 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
                 )
                 or bad_block["first_seq"]
             )
+        mismatch = None if bad_block is not None else await _reconcile(conn)
         entries = await conn.fetchval(db.q("count_ledger"), timeout=db.BULK_TIMEOUT)
         last = await conn.fetchrow(db.q("last_block"))
         known = (
@@ -170,6 +171,8 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
             f"block {bad_block['block_no']} does not match the ledger: a row was "
             "changed, deleted, inserted or reordered"
         )
+    elif mismatch is not None:
+        first_bad, reason = mismatch
     elif expected_head is not None and known is None:
         reason = "the recorded head is no longer in the chain: history was rewritten"
         first_bad = 1
@@ -181,3 +184,26 @@ async def verify(conn: db.Connection, expected_head: bytes | None = None) -> Ver
         first_bad_seq=first_bad,
         reason=reason,
     )
+
+
+async def _reconcile(conn: db.Connection) -> tuple[int | None, str] | None:
+    """The ledger against the rest of the books: the stored terminal answers, every
+    household's credit, every store's settlement. The first mismatch: (seq or None, why)."""
+    row = await conn.fetchrow(db.q("unanswered_ledger_row"), timeout=db.BULK_TIMEOUT)
+    if row is not None:
+        if row["missing"]:
+            return None, f"a terminal was answered ledger entry {row['seq']}, which is missing"
+        return row["seq"], f"ledger entry {row['seq']} answers no terminal request"
+    row = await conn.fetchrow(db.q("unbalanced_entitlement"), timeout=db.BULK_TIMEOUT)
+    if row is not None:
+        return None, (
+            f"household {row['national_id']} in tranche {row['tranche_id']}: credit spent "
+            f"{row['spent']} but the ledger says {row['net']}"
+        )
+    row = await conn.fetchrow(db.q("unbalanced_settlement"), timeout=db.BULK_TIMEOUT)
+    if row is not None:
+        return None, (
+            f"merchant {row['merchant_id']}: settlement {row['settled']} but its terminals "
+            f"were answered {row['answered']}"
+        )
+    return None

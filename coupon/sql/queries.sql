@@ -475,6 +475,55 @@ WHERE l.seq IS NULL OR s.seq IS NULL
 -- How many entries the ledger holds.
 SELECT count(*) FROM ledger;
 
+-- name: unanswered_ledger_row
+-- The first ledger row without exactly one stored terminal answer that made it (same terminal,
+-- request id, amount and, for a redemption, store), or the first answer whose row is missing:
+-- rows enter the ledger only as answers to signed terminal requests.
+SELECT coalesce(l.seq, a.entry_id) AS seq, l.seq IS NULL AS missing
+FROM ledger l
+FULL JOIN (SELECT * FROM terminal_requests WHERE entry_id IS NOT NULL) a
+       ON a.entry_id = l.seq AND a.terminal_id = l.terminal_id AND a.request_id = l.request_id
+      AND a.amount = l.amount
+      AND a.outcome = CASE l.kind WHEN 'redemption' THEN 'approved' ELSE 'reversed' END
+      AND (l.kind = 'reversal' OR a.merchant_id = l.merchant_id)
+WHERE l.seq IS NULL OR a.entry_id IS NULL
+ORDER BY 1, 2
+LIMIT 1;
+
+-- name: unbalanced_entitlement
+-- The first household and tranche whose credit spent (credit + carried in - carried out -
+-- remaining) is not what the ledger says it redeemed net of reversals.
+SELECT coalesce(e.national_id, l.national_id) AS national_id,
+       coalesce(e.tranche_id, l.tranche_id) AS tranche_id,
+       e.spent, coalesce(l.net, 0)::bigint AS net
+FROM (SELECT national_id, tranche_id, credit + carried_in - carried_out - balance AS spent
+      FROM entitlements) e
+FULL JOIN (SELECT national_id, tranche_id,
+                  sum(CASE kind WHEN 'redemption' THEN amount ELSE -amount END) AS net
+           FROM ledger GROUP BY national_id, tranche_id) l
+       ON l.national_id = e.national_id AND l.tranche_id = e.tranche_id
+WHERE e.spent IS DISTINCT FROM coalesce(l.net, 0)
+ORDER BY 1, 2
+LIMIT 1;
+
+-- name: unbalanced_settlement
+-- The first store whose settlement (the ledger's rows of it, as the settlement report sums
+-- them) differs from what its terminals were answered: approved minus reversed.
+SELECT coalesce(s.merchant_id, a.merchant_id) AS merchant_id,
+       coalesce(s.net, 0)::bigint AS settled, coalesce(a.net, 0)::bigint AS answered
+FROM (SELECT m.id AS merchant_id,
+             sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END) AS net
+      FROM ledger l JOIN merchants m ON m.id = l.merchant_id GROUP BY m.id) s
+FULL JOIN (SELECT t.merchant_id,
+                  sum(CASE r.outcome WHEN 'approved' THEN r.amount ELSE -r.amount END) AS net
+           FROM terminal_requests r JOIN terminals t ON t.id = r.terminal_id
+           WHERE r.outcome IN ('approved', 'reversed')
+           GROUP BY t.merchant_id) a
+       ON a.merchant_id = s.merchant_id
+WHERE coalesce(s.net, 0) <> coalesce(a.net, 0)
+ORDER BY 1
+LIMIT 1;
+
 -- name: block_with_hash
 -- Whether the chain still holds a block an auditor recorded.
 SELECT block_no, last_seq FROM ledger_blocks WHERE hash = $1;

@@ -260,13 +260,8 @@ async def test_a_clean_ledger_verifies(
     assert await conn.fetchval("SELECT count(*) FROM ledger_blocks") == 4  # 20 rows / 6
     # a head recorded now still verifies later, after more rows are sealed
     head = result["head"]
-    await conn.execute(
-        "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, "
-        "national_id, province, tranche_id, amount) SELECT kind, 'more', "
-        "terminal_id, merchant_id, national_id, province, tranche_id, 5 "
-        "FROM ledger WHERE seq = $1",
-        seqs[1],
-    )
+    nid = await conn.fetchval("SELECT national_id FROM entitlements WHERE balance > 5 LIMIT 1")
+    assert (await (await make_terminal(client, operator)).redeem(nid, 5)).status == 201
     await audit.seal(conn)
     later = await verify(client, auditor, f"head={head}")
     assert later["ok"] is True and later["head"] != head and later["entries"] == len(seqs) + 1
@@ -378,7 +373,8 @@ async def test_a_rewritten_chain_no_longer_holds_the_recorded_head(
     await sealed_world(client, operator, conn)
     recorded = (await verify(client, auditor))["head"]
     await conn.execute("SET session_replication_role = replica")
-    await conn.execute("UPDATE ledger SET amount = amount + 1 WHERE seq = 1")
+    # a redemption moved to another day's settlement: nothing else in the books says when
+    await conn.execute("UPDATE ledger SET created_at = created_at - interval '1 day' WHERE seq = 1")
     await conn.execute("TRUNCATE ledger_seals, ledger_blocks")
     await conn.execute("SET session_replication_role = origin")
     await audit.seal(conn)  # the forger re-seals everything
@@ -515,3 +511,78 @@ async def test_each_ledger_page_query_forces_the_plan_its_comment_names(
     assert "ledger_national_id_idx" in by_household, by_household
     everything = await plan("ledger_page")
     assert "ledger_pkey" in everything and "Seq Scan" not in everything, everything
+
+
+# -- reconciliation: the ledger against the rest of the books ----------------------------------
+
+
+async def test_a_forged_row_sealed_by_the_service_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    t = world.terminal
+    assert (await t.redeem(next(iter(world.credit)), 1000)).status == 201
+    forged = await conn.fetchval(
+        "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, "
+        "province, tranche_id, amount) VALUES ('redemption', 'forged1', $1, $2, '0084575948', "
+        "'IR-15', $3, 999999) RETURNING seq",
+        t.terminal_id,
+        t.merchant_id,
+        world.tranche_id,
+    )
+    await audit.seal(conn)  # what the running service does within a second
+    result = await verify(client, auditor)
+    assert (result["ok"], result["first_bad_seq"]) == (False, forged)
+    assert result["head_seq"] == forged and "answers no terminal request" in result["reason"]
+
+
+async def test_credit_that_moved_outside_the_ledger_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    nid = next(iter(world.credit))
+    assert (await world.terminal.redeem(nid, 1000)).status == 201
+    await audit.seal(conn)
+    assert (await verify(client, auditor))["ok"] is True
+    await conn.execute(
+        "UPDATE entitlements SET balance = balance - 500000 WHERE national_id = $1", nid
+    )
+    result = await verify(client, auditor)
+    assert result["ok"] is False and result["first_bad_seq"] is None
+    assert f"household {nid} in tranche {world.tranche_id}" in result["reason"]
+
+
+async def test_a_row_moved_to_another_store_and_resealed_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    thief = await make_terminal(client, operator)
+    entry = (await world.terminal.redeem(next(iter(world.credit)), 1000)).body["redemption_id"]
+    # a superuser pays another store: the row, its stored answer, and the whole chain resealed
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute(
+        "UPDATE ledger SET merchant_id = $1 WHERE seq = $2", thief.merchant_id, entry
+    )
+    await conn.execute(
+        "UPDATE terminal_requests SET merchant_id = $1 WHERE entry_id = $2",
+        thief.merchant_id,
+        entry,
+    )
+    await conn.execute("TRUNCATE ledger_seals, ledger_blocks")
+    await conn.execute("SET session_replication_role = origin")
+    await audit.seal(conn)
+    result = await verify(client, auditor)
+    assert result["ok"] is False
+    assert f"merchant {world.terminal.merchant_id}: settlement 0" in result["reason"]
+
+
+async def test_an_answer_whose_row_is_gone_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    entry = (await world.terminal.redeem(next(iter(world.credit)), 1000)).body["redemption_id"]
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute("DELETE FROM ledger WHERE seq = $1", entry)  # never sealed
+    await conn.execute("SET session_replication_role = origin")
+    result = await verify(client, auditor)
+    assert result["ok"] is False and f"entry {entry}, which is missing" in result["reason"]

@@ -85,7 +85,8 @@ async def test_audit_verify_and_settlement(dsn: str, conn: asyncpg.Connection) -
         "tranche_id, amount) VALUES ('redemption', 'r1', 1, 1, '0084575948', 'IR-15', 1, 500)"
     )
     code, out, _ = await coupon(dsn, "audit", "verify", "--seal")
-    assert code == 0 and '"head_seq": 1' in out
+    # sealed, but a row no terminal was answered: a forgery
+    assert code == 1 and '"head_seq": 1' in out and '"first_bad_seq": 1' in out
     await conn.execute("SET session_replication_role = replica")
     await conn.execute("UPDATE ledger SET amount = 5000")
     code, out, _ = await coupon(dsn, "audit", "verify")
