@@ -21,6 +21,7 @@ from coupon.api.routes import ROUTES
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
 from coupon.redemption import RedemptionBatcher
+from coupon.signing import SealKeys
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.CLIENTS] = Clients(
         settings.trusted_proxies, settings.metrics_networks, settings.metrics_token
     )
+    app[keys.SEAL_KEYS] = SealKeys.from_settings(settings)
     protocol.install()
     app.on_response_prepare.append(_headers)
 
@@ -99,7 +101,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     async def seal_ledger() -> None:
         # seal new ledger rows behind the writers (one process at a time does the work)
         async with app[keys.POOL].acquire() as conn:
-            await audit.seal(conn)
+            await audit.seal(conn, app[keys.SEAL_KEYS])
 
     nonce_pruner = background(lambda app: every(60.0, "nonce_prune", prune_nonces))
     sealer = background(lambda app: every(settings.seal_interval, "ledger_seal", seal_ledger))

@@ -19,7 +19,18 @@ from typing import Any
 import asyncpg
 import structlog
 
-from coupon import audit, csvsafe, db, errors, households, logins, logs, migrations, tokens
+from coupon import (
+    audit,
+    csvsafe,
+    db,
+    errors,
+    households,
+    logins,
+    logs,
+    migrations,
+    signing,
+    tokens,
+)
 from coupon.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -85,10 +96,28 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=_households_import)
 
     aud = sub.add_parser("audit", help="ledger audit").add_subparsers()
-    ver = aud.add_parser("verify", help="recompute the ledger's hash chain")
+    ver = aud.add_parser(
+        "verify", help="recompute the ledger's hash chain, check its signatures, reconcile"
+    )
     ver.add_argument("--head", default=None, help="a head hash recorded earlier, to check")
     ver.add_argument("--seal", action="store_true", help="seal pending rows first")
+    ver.add_argument(
+        "--offline",
+        type=Path,
+        metavar="FILE",
+        help="check an export (coupon audit export) instead, with no database",
+    )
+    ver.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        help="a trusted signing key: 64 hex digits or a PEM file (repeatable; default: the "
+        "key file's and COUPON_SEAL_TRUSTED_KEYS)",
+    )
     ver.set_defaults(run=_audit_verify)
+    exp = aud.add_parser("export", help="every sealed row and signed head, as JSON lines")
+    exp.add_argument("file", type=Path)
+    exp.set_defaults(run=_audit_export)
 
     report = sub.add_parser("report", help="reports").add_subparsers()
     settle = report.add_parser("settlement", help="per-store settlement of a day, as CSV")
@@ -229,15 +258,32 @@ def _households_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     head = bytes.fromhex(args.head) if args.head else None
+    keys = signing.SealKeys.from_settings(settings, create=args.seal)
+    if args.public_key:
+        keys = signing.SealKeys(None, [signing.load_public(k) for k in args.public_key])
+    if args.offline is not None:
+        with args.offline.open("rb") as lines:
+            result = audit.verify_export(lines, keys)
+    else:
 
-    async def run(conn: db.Connection) -> Any:
-        if args.seal:
-            await audit.seal(conn)
-        return await audit.verify(conn, head)
+        async def run(conn: db.Connection) -> Any:
+            if args.seal:
+                await audit.seal(conn, keys)
+            return await audit.verify(conn, keys, head)
 
-    result = _with_database(settings, run)
+        result = _with_database(settings, run)
     print(result.model_dump_json(indent=2))
     return 0 if result.ok else 1
+
+
+def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(conn: db.Connection) -> int:
+        with args.file.open("wb") as out:
+            return await audit.export(conn, out.write)
+
+    rows = _with_database(settings, run)
+    print(f"exported {rows} sealed entries to {args.file}")
+    return 0
 
 
 def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:

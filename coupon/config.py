@@ -57,5 +57,14 @@ class Settings(BaseSettings):
     # who may read /metrics: these networks, or anyone presenting this bearer token
     metrics_networks: str = "127.0.0.0/8,::1"
     metrics_token: str | None = None
+    # the Ed25519 key that signs the ledger's sealed heads (PEM; made on first start when
+    # missing), default <data_dir>/ledger-seal.key; and the public keys of retired signing keys
+    # verification still trusts (comma-separated: 64 hex digits or PEM file paths)
+    seal_key_file: Path | None = None
+    seal_trusted_keys: str = ""
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True
+
+    @property
+    def seal_key_path(self) -> Path:
+        return self.seal_key_file or self.data_dir / "ledger-seal.key"

@@ -410,6 +410,16 @@ class Verification(BaseModel):
     reason: str | None
 
 
+class LedgerKey(BaseModel):
+    public_key: str  # raw Ed25519 public key, hex
+    pem: str
+    signs: bool  # this process signs new heads with it (false: a retired key)
+
+
+class LedgerKeys(BaseModel):
+    keys: list[LedgerKey]
+
+
 class MerchantSettlement(BaseModel):
     merchant_id: int
     name: str

@@ -12,6 +12,7 @@ from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
 from coupon.redemption import RedemptionBatcher
+from coupon.signing import SealKeys
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -20,6 +21,8 @@ POOL = web.AppKey("pool", db.Pool)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
 CLIENTS = web.AppKey("clients", Clients)
+# the ledger's signing key (outside the database) and the public keys verification trusts
+SEAL_KEYS = web.AppKey("seal_keys", SealKeys)
 # the live counters: stats publisher, listener and SSE fan-out of this process
 LIVE = web.AppKey("live", live.Hub)
 # group commit of this process's redemptions

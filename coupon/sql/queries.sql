@@ -411,8 +411,34 @@ SELECT pg_advisory_xact_lock(7365626, 2), coalesce(max(seq), 0) AS horizon FROM 
 SELECT pg_advisory_xact_lock(7365626, 3);
 
 -- name: last_block
--- The chain's current head.
-SELECT block_no, last_seq, hash FROM ledger_blocks ORDER BY block_no DESC LIMIT 1;
+-- The chain's current head, and whether it is signed.
+SELECT block_no, last_seq, hash,
+       EXISTS (SELECT FROM ledger_block_signatures s WHERE s.block_no = b.block_no) AS signed
+FROM ledger_blocks b ORDER BY block_no DESC LIMIT 1;
+
+-- name: unsigned_blocks
+-- Blocks sealed before heads were signed, oldest first.
+SELECT b.block_no, b.last_seq, b.hash
+FROM ledger_blocks b
+WHERE NOT EXISTS (SELECT FROM ledger_block_signatures s WHERE s.block_no = b.block_no)
+ORDER BY b.block_no;
+
+-- name: sign_block
+-- A block's head signature.
+INSERT INTO ledger_block_signatures (block_no, signer, signature) VALUES ($1, $2, $3);
+
+-- name: block_heads
+-- Every block's head and signature, in chain order (NULLs: unsigned).
+SELECT b.block_no, b.first_seq, b.last_seq, b.entries, b.prev_hash, b.hash, s.signer,
+       s.signature
+FROM ledger_blocks b LEFT JOIN ledger_block_signatures s ON s.block_no = b.block_no
+ORDER BY b.block_no;
+
+-- name: export_rows
+-- Every sealed ledger row, with all its digest's fields, in seq order (up to a head).
+SELECT seq, kind, request_id, terminal_id, merchant_id, national_id, province, tranche_id,
+       amount, reverses, created_at
+FROM ledger WHERE seq <= $1 ORDER BY seq;
 
 -- name: seal_rows
 -- Digest the rows (after, up to] into a new block's seals; at most $4 rows per block.

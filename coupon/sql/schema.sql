@@ -284,6 +284,18 @@ CREATE TABLE ledger_blocks (
     CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
 );
 
+-- Each block's head signed with the sealer's Ed25519 key, which lives outside the database
+-- (coupon/signing.py): whoever can write the database, a superuser too, cannot sign a
+-- rewritten chain. signer is the raw public key; verification trusts only keys it is given.
+CREATE TABLE ledger_block_signatures (
+    block_no  bigint PRIMARY KEY,
+    signer    bytea NOT NULL
+        CONSTRAINT ledger_block_signatures_signer_check CHECK (octet_length(signer) = 32),
+    signature bytea NOT NULL
+        CONSTRAINT ledger_block_signatures_signature_check CHECK (octet_length(signature) = 64),
+    signed_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Autovacuum of the tables every redemption writes: inserts vacuumed and tables analysed every
 -- million rows, not every 10-20 % of their size, so that each run stays a short job at any size
 -- (the terminal path's plans do not follow the statistics: key probes only, below). Dead rows
@@ -320,7 +332,8 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'ledger_blocks'] LOOP
+    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'ledger_blocks',
+                             'ledger_block_signatures'] LOOP
         IF NOT EXISTS (SELECT FROM pg_trigger
                        WHERE tgname = t || '_append_only' AND tgrelid = t::regclass) THEN
             EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I '
@@ -345,8 +358,8 @@ GRANT USAGE ON SCHEMA public TO coupon_writer, coupon_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO coupon_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coupon_writer;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ledger FROM coupon_writer;
-REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, schema_meta, provinces
-    FROM coupon_writer;
+REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, ledger_block_signatures,
+    schema_meta, provinces FROM coupon_writer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO coupon_writer;
 
 -- ============================================================================================

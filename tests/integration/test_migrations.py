@@ -13,8 +13,20 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coupon import audit, db, embedded, errors, households, logins, merchants, migrations, tranches
+from coupon import (
+    audit,
+    db,
+    embedded,
+    errors,
+    households,
+    logins,
+    merchants,
+    migrations,
+    signing,
+    tranches,
+)
 from coupon.models import MerchantCreate, TrancheCreate
 from coupon.provinces import iran_provinces
 from tests.conftest import TEST_SHARDS, as_role
@@ -125,7 +137,9 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
             terminal, "n-rev", "rev-1", bytes(32), "r3", TEST_SHARDS,
         )  # fmt: skip
         assert row["http_status"] == 201, row
-        assert await audit.seal(conn) == 9
+        # sealed as 0.1.0 sealed: heads unsigned
+        await conn.execute(db.q("seal_rows"), 0, 10**9, 1, 1000)
+        await conn.fetchrow(db.q("close_block"), 1, audit.GENESIS, 0)
         before = await _fingerprint(conn)
         assert before["ledger"][0] == 9
         answers = [dict(r) for r in await conn.fetch(ANSWERS_BEFORE)]
@@ -134,9 +148,14 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         after_release = [m.label for m in migrations.available()[1:]]
         assert await migrations.migrate(conn, TEST_SHARDS) == after_release
 
-        assert await _fingerprint(conn) == before
+        after = await _fingerprint(conn)
+        assert after.pop("ledger_block_signatures")[0] == 0  # new, and empty
+        assert after == before
         assert [dict(r) for r in await conn.fetch(ANSWERS_AFTER)] == answers
-        assert (await audit.verify(conn)).ok
+        keys = signing.SealKeys(Ed25519PrivateKey.generate())
+        assert not (await audit.verify(conn, keys)).ok  # unsigned heads are not trusted...
+        assert await audit.seal(conn, keys) == 0  # ...until the sealer signs them as they are
+        assert (await audit.verify(conn, keys)).ok
         await invariants(conn)
         state = await migrations.status(conn)
         assert state.current
