@@ -248,12 +248,12 @@ def _households_import(settings: Settings, args: argparse.Namespace) -> int:
     except households.CsvFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"imported {result.imported}, updated {result.updated}, rejected {len(result.rejected)}")
+    print(f"imported {result.imported}, updated {result.updated}, rejected {result.rejected_count}")
     for rejection in result.rejected[:20]:
         print(f"  line {rejection['line']}: {rejection['error']}")
-    if len(result.rejected) > 20:
-        print(f"  ... and {len(result.rejected) - 20} more")
-    return 0 if not result.rejected else 1
+    if result.rejected_count > 20:
+        print(f"  ... and {result.rejected_count - 20} more")
+    return 0 if not result.rejected_count else 1
 
 
 def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:

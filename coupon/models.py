@@ -111,7 +111,14 @@ class ImportRejection(BaseModel):
 class ImportResponse(BaseModel):
     imported: int
     updated: int
+    # the first 1,000 rejected lines (?rejections=all: every one, streamed)
     rejected: list[ImportRejection]
+    rejected_count: int
+    rejected_by_reason: dict[str, int]  # the reason's text with its numbers as N -> lines
+
+
+class ImportQuery(Model):
+    rejections: Literal["first", "all"] = "first"
 
 
 class StatusChange(Model):

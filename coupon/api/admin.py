@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import orjson
 from aiohttp import web
 
 from coupon import errors, households, merchants, national_id, tranches
 from coupon.api import keys
 from coupon.api.common import int_param, json_response
-from coupon.api.guard import body_of
+from coupon.api.guard import body_of, query_of
 from coupon.models import (
+    ImportQuery,
     ImportResponse,
     MerchantCreate,
     StatusChange,
@@ -22,7 +24,7 @@ from coupon.models import (
 MAX_IMPORT_BYTES = 2 * 1024**3
 
 
-async def import_households(request: web.Request) -> web.Response:
+async def import_households(request: web.Request) -> web.StreamResponse:
     if request.content_type not in ("text/csv", "text/plain", "application/csv"):
         raise errors.UnsupportedMediaType("send the households as text/csv")
     if (request.content_length or 0) > MAX_IMPORT_BYTES:
@@ -36,12 +38,30 @@ async def import_households(request: web.Request) -> web.Response:
                 raise errors.PayloadTooLarge(f"at most {MAX_IMPORT_BYTES} bytes per import")
             yield block
 
+    streamed: web.StreamResponse | None = None
+
+    async def every_rejection(chunk: bytes) -> None:
+        # the answer starts with the first rejections: its counts follow the last one
+        nonlocal streamed
+        if streamed is None:
+            streamed = web.StreamResponse(headers={"Content-Type": "application/json"})
+            streamed.enable_chunked_encoding()
+            await streamed.prepare(request)
+            await streamed.write(b'{"rejected":[')
+        await streamed.write(chunk)
+
+    everything = query_of(request, ImportQuery).rejections == "all"
     async with request.app[keys.POOL].acquire() as conn:
-        result = await households.import_csv(conn, body())
+        result = await households.import_csv(conn, body(), every_rejection if everything else None)
     request[keys.LOG].update(
-        imported=result.imported, updated=result.updated, rejected=len(result.rejected)
+        imported=result.imported, updated=result.updated, rejected=result.rejected_count
     )
-    return json_response(ImportResponse.model_validate(result.as_response()))
+    if streamed is None:
+        return json_response(ImportResponse.model_validate(result.as_response()))
+    # committed: the rest of the answer (a body cut short means the import did not happen)
+    await streamed.write(b"]," + orjson.dumps(result.as_response(with_rejected=False))[1:])
+    await streamed.write_eof()
+    return streamed
 
 
 async def patch_household(request: web.Request) -> web.Response:

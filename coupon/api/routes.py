@@ -14,6 +14,7 @@ from coupon.models import (
     Declined,
     Health,
     Household,
+    ImportQuery,
     ImportResponse,
     LedgerFilters,
     LedgerKeys,
@@ -265,11 +266,14 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/v1/admin/households/import",
         admin.import_households,
-        "Upsert households from CSV (national_id,province,members,decile[,status])",
+        "Upsert households from CSV (national_id,province,members,decile[,status]); the "
+        "answer lists the first 1,000 rejected lines and counts them all by reason; "
+        "?rejections=all streams every one",
         "operator",
         body="text/csv",
         responses={200: ImportResponse, 413: None, 415: None},
         tag="operator",
+        query=ImportQuery,
     ),
     Route(
         "PATCH",

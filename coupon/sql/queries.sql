@@ -166,8 +166,15 @@ FROM firsts f
 WHERE r.national_id = f.national_id AND r.line_no > f.first_line AND r.error IS NULL;
 
 -- name: import_rejections
--- Every rejected line with its reason, in file order.
-SELECT line_no AS line, error FROM coupon_staging.import_rows WHERE error IS NOT NULL ORDER BY line_no;
+-- The rejected lines with their reasons, in file order: the first $1 (null: all).
+SELECT line_no AS line, error FROM coupon_staging.import_rows WHERE error IS NOT NULL
+ORDER BY line_no LIMIT $1;
+
+-- name: import_rejection_counts
+-- How many lines were rejected, by reason (the reason's text with its numbers as N).
+SELECT regexp_replace(error, '[0-9]+', 'N', 'g') AS reason, count(*) AS lines
+FROM coupon_staging.import_rows WHERE error IS NOT NULL
+GROUP BY 1 ORDER BY 2 DESC, 1;
 
 -- name: drop_import_tables
 -- The import's staging tables, at the end of its transaction (see create_import_lines).
