@@ -13,7 +13,7 @@ from aiohttp import web
 
 from coupon import audit, db, live, logs
 from coupon.api import keys, protocol
-from coupon.api.clients import Clients
+from coupon.api.clients import Clients, StreamSlots
 from coupon.api.guard import guard
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import serve
@@ -65,14 +65,25 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """The service: routes, middleware, and a connection pool opened on start-up."""
-    app = web.Application(middlewares=[serve], client_max_size=MAX_JSON_BODY)
+    clients = Clients(settings.trusted_proxies, settings.metrics_networks, settings.metrics_token)
+    limits = protocol.Limits(
+        settings.header_timeout,
+        settings.max_connections,
+        settings.max_connections_per_client,
+        exempt=clients.is_trusted_proxy,
+    )
+    app = web.Application(
+        middlewares=[serve],
+        client_max_size=MAX_JSON_BODY,
+        # every server of this app (AppRunner's, gunicorn's worker's, the tests') gets these
+        handler_args={"keepalive_timeout": settings.idle_timeout, "limits": limits},
+    )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
 
     app[keys.SECRETS] = TerminalSecrets()
-    app[keys.CLIENTS] = Clients(
-        settings.trusted_proxies, settings.metrics_networks, settings.metrics_token
-    )
+    app[keys.CLIENTS] = clients
+    app[keys.STREAMS] = StreamSlots(settings.max_streams, settings.max_streams_per_token)
     app[keys.SEAL_KEYS] = SealKeys.from_settings(settings)
     protocol.install()
     app.on_response_prepare.append(_headers)

@@ -148,6 +148,20 @@ class PayloadTooLarge(CouponError):
     code = "payload_too_large"
 
 
+class RequestTimeout(CouponError):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class TooManyStreams(CouponError):
+    """Too many live-counter streams are open (for this token, or in all); close one first."""
+
+    status = 429
+    code = "too_many_streams"
+
+
 class UnsupportedMediaType(CouponError):
     """The request body has the wrong content type."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -30,9 +31,19 @@ async def import_households(request: web.Request) -> web.StreamResponse:
     if (request.content_length or 0) > MAX_IMPORT_BYTES:
         raise errors.PayloadTooLarge(f"at most {MAX_IMPORT_BYTES} bytes per import")
 
+    pause = request.app[keys.SETTINGS].body_timeout
+
     async def body() -> AsyncIterator[bytes]:
         received = 0
-        async for block in request.content.iter_chunked(1 << 20):
+        while True:
+            try:
+                # a long upload is fine; one that stops sending is not
+                async with asyncio.timeout(pause):
+                    block = await request.content.read(1 << 20)
+            except TimeoutError:
+                raise errors.RequestTimeout() from None
+            if not block:
+                return
             received += len(block)
             if received > MAX_IMPORT_BYTES:
                 raise errors.PayloadTooLarge(f"at most {MAX_IMPORT_BYTES} bytes per import")

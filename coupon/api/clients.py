@@ -1,10 +1,11 @@
 """Who is asking: the client's address (a trusted proxy's X-Forwarded-For only when that proxy
-is configured), and whether it may read /metrics."""
+is configured), whether it may read /metrics, and how many live-counter streams it holds."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -49,6 +50,9 @@ class Clients:
                 return str(ip)
         return peer
 
+    def is_trusted_proxy(self, address: str) -> bool:
+        return bool(self._proxies) and _within(address, self._proxies)
+
     def may_scrape(self, request: web.Request, address: str) -> bool:
         """/metrics: from a configured network, or with the metrics token."""
         if _within(address, self._metrics):
@@ -58,3 +62,23 @@ class Clients:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         presented = token.strip().encode("utf-8", "surrogateescape")
         return scheme.lower() == "bearer" and hmac.compare_digest(presented, self._metrics_token)
+
+
+class StreamSlots:
+    """Live-counter streams open in this process: at most `total`, and `per_token` per bearer
+    token (one leaked or greedy token cannot hold every slot)."""
+
+    def __init__(self, total: int, per_token: int) -> None:
+        self._total, self._per_token = total, per_token
+        self._open: Counter[str] = Counter()
+
+    def take(self, token: str) -> bool:
+        if self._open.total() >= self._total or self._open[token] >= self._per_token:
+            return False
+        self._open[token] += 1
+        return True
+
+    def give_back(self, token: str) -> None:
+        self._open[token] -= 1
+        if self._open[token] <= 0:
+            del self._open[token]

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from coupon import db, live
-from coupon.api.clients import Clients
+from coupon.api.clients import Clients, StreamSlots
 from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
@@ -21,6 +21,8 @@ POOL = web.AppKey("pool", db.Pool)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
 CLIENTS = web.AppKey("clients", Clients)
+# live-counter streams open in this process, in all and per token
+STREAMS = web.AppKey("streams", StreamSlots)
 # the ledger's signing key (outside the database) and the public keys verification trusts
 SEAL_KEYS = web.AppKey("seal_keys", SealKeys)
 # the live counters: stats publisher, listener and SSE fan-out of this process
@@ -29,5 +31,7 @@ LIVE = web.AppKey("live", live.Hub)
 BATCHER = web.AppKey("redemption_batcher", RedemptionBatcher)
 # counter shards per province, as the database was initialised
 SHARDS = web.AppKey("counter_shards", int)
+# per request: the bearer token's hash (hex), once the guard has admitted it
+TOKEN = web.RequestKey("token", str)
 # per request: fields the handler adds to the request's log line
 LOG = web.RequestKey("log", dict[str, object])

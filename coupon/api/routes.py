@@ -172,7 +172,7 @@ ROUTES: tuple[Route, ...] = (
         "connect and within a second of every change; a heartbeat comment every 15 s. "
         "Also accepts ?access_token= (EventSource cannot send headers)",
         "operator,auditor",
-        responses={200: Stats, 404: None},
+        responses={200: Stats, 404: None, 429: None},
         media="text/event-stream",
         query=StreamQuery,
         tag="counters",
