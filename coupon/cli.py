@@ -88,7 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="create an operator or auditor token")
     create.add_argument("--role", required=True, choices=["operator", "auditor"])
     create.add_argument("--name", default="")
+    create.add_argument(
+        "--days",
+        type=float,
+        default=tokens.DEFAULT_LIFETIME_DAYS,
+        help=f"days the token works (default {tokens.DEFAULT_LIFETIME_DAYS})",
+    )
     create.set_defaults(run=_token_create)
+    listing = token.add_parser("list", help="every token: id, role, name, expiry, revocation")
+    listing.set_defaults(run=_token_list)
+    revoke = token.add_parser("revoke", help="revoke a token by id (every process, at once)")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(run=_token_revoke)
 
     hh = sub.add_parser("households", help="households").add_subparsers()
     imp = hh.add_parser("import", help="import households from a CSV file")
@@ -217,11 +228,32 @@ def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
 
 def _token_create(settings: Settings, args: argparse.Namespace) -> int:
     async def create(conn: db.Connection) -> str:
-        return await tokens.create_token(conn, args.role, args.name)
+        return await tokens.create_token(conn, args.role, args.name, args.days)
 
     token = _with_database(settings, create)
     print(f"{args.role} token (shown once, store it now):")
     print(token)
+    return 0
+
+
+def _token_list(settings: Settings, args: argparse.Namespace) -> int:
+    rows = _with_database(settings, tokens.list_tokens)
+    print(f"{'id':>5}  {'role':8}  {'expires_at':25}  {'revoked_at':25}  name")
+    for r in rows:
+        revoked = r["revoked_at"].isoformat(timespec="seconds") if r["revoked_at"] else "-"
+        expires = r["expires_at"].isoformat(timespec="seconds")
+        print(f"{r['id']:>5}  {r['role']:8}  {expires:25}  {revoked:25}  {r['name']}")
+    return 0
+
+
+def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(conn: db.Connection) -> bool:
+        return await tokens.revoke(conn, args.id)
+
+    if not _with_database(settings, run):
+        print(f"error: no live token has id {args.id}", file=sys.stderr)
+        return 1
+    print(f"token {args.id} revoked")
     return 0
 
 

@@ -31,12 +31,25 @@ SELECT version, name, checksum, applied_at, applied_as FROM schema_migrations OR
 INSERT INTO schema_migrations (version, name, checksum, applied_as) VALUES ($1, $2, $3, $4);
 
 -- name: create_token
--- Store a new API token by its SHA-256 hash; the token itself is never stored.
-INSERT INTO api_tokens (token_hash, role, name) VALUES ($1, $2, $3) RETURNING id;
+-- Store a new API token by its SHA-256 hash, valid for $4 seconds; the token itself is never
+-- stored.
+INSERT INTO api_tokens (token_hash, role, name, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+RETURNING id, expires_at;
 
 -- name: find_token_role
--- The role of the token with this hash, if any.
-SELECT role FROM api_tokens WHERE token_hash = $1;
+-- The role of the token with this hash, if it is neither expired nor revoked (read on every
+-- request: a revocation holds in every process at once).
+SELECT role FROM api_tokens
+WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now();
+
+-- name: list_tokens
+-- Every token (never the token itself), newest first.
+SELECT id, role, name, created_at, expires_at, revoked_at FROM api_tokens ORDER BY id DESC;
+
+-- name: revoke_token
+-- Revoke a token by id; returns nothing when no live token has it.
+UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
 
 -- name: lock_household_import
 -- One import at a time: the insert below relies on nobody else inserting households meanwhile.

@@ -146,7 +146,10 @@ CREATE TABLE api_tokens (
     token_hash bytea NOT NULL CONSTRAINT api_tokens_token_hash_key UNIQUE,
     role       text NOT NULL CONSTRAINT api_tokens_role_check CHECK (role IN ('operator', 'auditor')),
     name       text NOT NULL DEFAULT '',
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- a token works until it expires or is revoked, whichever comes first
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz
 );
 
 -- Nonces seen per terminal; kept a little longer than the 300 s clock window, then pruned.
