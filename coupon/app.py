@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from coupon import audit, db, live, logs
+from coupon import audit, db, live, logs, merchants
 from coupon.api import keys, protocol
 from coupon.api.clients import Clients, StreamSlots
 from coupon.api.guard import guard
@@ -20,6 +20,7 @@ from coupon.api.middleware import serve
 from coupon.api.routes import ROUTES
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.redemption import RedemptionBatcher
 from coupon.signing import SealKeys
 
@@ -81,7 +82,9 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
 
-    app[keys.SECRETS] = TerminalSecrets()
+    keyring = Keyring.from_settings(settings)
+    app[keys.KEYRING] = keyring
+    app[keys.SECRETS] = TerminalSecrets(keyring)
     app[keys.CLIENTS] = clients
     app[keys.STREAMS] = StreamSlots(settings.max_streams, settings.max_streams_per_token)
     app[keys.SEAL_KEYS] = SealKeys.from_settings(settings)
@@ -92,6 +95,9 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         app[keys.POOL] = await db.create_pool(dsn, settings)
         async with app[keys.POOL].acquire() as conn:
             app[keys.SHARDS] = await db.counter_shards(conn)
+            # secrets older versions stored in plain text: encrypted before the first request
+            await merchants.encrypt_plain_secrets(conn, keyring)
+            await app[keys.SECRETS].forget_if_changed(conn)
         app[keys.BATCHER] = RedemptionBatcher(
             app[keys.POOL],
             app[keys.SHARDS],
@@ -114,6 +120,12 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         async with app[keys.POOL].acquire() as conn:
             await audit.seal(conn, app[keys.SEAL_KEYS])
 
+    async def watch_terminal_keys() -> None:
+        async with app[keys.POOL].acquire() as conn:
+            await app[keys.SECRETS].forget_if_changed(conn)
+
+    # a secret made or rotated in another process holds here within a second
+    key_watch = background(lambda app: every(0.5, "terminal_keys", watch_terminal_keys))
     nonce_pruner = background(lambda app: every(60.0, "nonce_prune", prune_nonces))
     sealer = background(lambda app: every(settings.seal_interval, "ledger_seal", seal_ledger))
 
@@ -147,7 +159,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     if settings.log_flush_interval > 0:
         app.cleanup_ctx.append(log_flusher)
-    app.cleanup_ctx.extend([pool, nonce_pruner, sealer])
+    app.cleanup_ctx.extend([pool, key_watch, nonce_pruner, sealer])
     if settings.live_counters:
         app.cleanup_ctx.append(live_counters)
     app.on_shutdown.append(close_streams)

@@ -11,9 +11,14 @@ import re
 import time
 from dataclasses import dataclass
 
+import structlog
+from cryptography.exceptions import InvalidTag
 from multidict import CIMultiDictProxy
 
 from coupon import db, errors
+from coupon.keyring import Keyring, UnknownKey
+
+log = structlog.get_logger(__name__)
 
 NONCE = re.compile(r"^[\x21-\x7e]{8,64}$")  # printable ASCII, no spaces
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
@@ -75,41 +80,66 @@ def parse_headers(headers: CIMultiDictProxy[str]) -> SignedRequest:
     return SignedRequest(int(terminal), int(timestamp), nonce, signature)
 
 
-class TerminalSecrets:
-    """Terminal id -> HMAC secret, read from the database once per process (secrets never
-    change). An unknown id is remembered as unknown for a few seconds, so that guessing ids
-    costs no query each; a terminal created in this process is known at once (forget())."""
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """A terminal's secrets: the current one, and the one a rotation replaced, until when."""
 
-    UNKNOWN_TTL = 5.0
+    current: str
+    previous: str | None = None
+    previous_until: float = 0.0  # time.time()
+
+
+class TerminalSecrets:
+    """Terminal id -> its secrets, decrypted once and cached per process. Every process polls
+    how often secrets were made or changed (forget_if_changed, twice a second) and forgets its
+    cache when that moves: a rotation or a new terminal holds everywhere within a second. An
+    unknown id is remembered as unknown meanwhile, so that guessing ids costs no query each."""
+
     UNKNOWN_MAX = 10_000  # remembered unknown ids at most (a flood of guesses stays small)
 
-    def __init__(self) -> None:
-        self._secrets: dict[int, str] = {}
-        self._unknown: dict[int, float] = {}  # id -> until when it is taken as unknown
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._keys: dict[int, Keys] = {}
+        self._unknown: set[int] = set()
+        self._version: int | None = None
 
-    async def get(self, pool: db.Pool, terminal_id: int) -> str | None:
-        secret = self._secrets.get(terminal_id)
-        if secret is not None:
-            return secret
-        now = time.monotonic()
-        if self._unknown.get(terminal_id, 0.0) > now:
-            return None
+    async def get(self, pool: db.Pool, terminal_id: int) -> Keys | None:
+        keys = self._keys.get(terminal_id)
+        if keys is not None or terminal_id in self._unknown:
+            return keys
         async with pool.acquire() as conn:
-            found: str | None = await conn.fetchval(db.q("terminal_secret"), terminal_id)
-        if found is not None:
-            self._secrets[terminal_id] = found
-            self._unknown.pop(terminal_id, None)
-            return found
-        if len(self._unknown) >= self.UNKNOWN_MAX:
-            self._unknown = {k: v for k, v in self._unknown.items() if v > now}
+            row = await conn.fetchrow(db.q("terminal_secret"), terminal_id)
+        if row is None or row["secret_box"] is None:
             if len(self._unknown) >= self.UNKNOWN_MAX:
                 self._unknown.clear()
-        self._unknown[terminal_id] = now + self.UNKNOWN_TTL
-        return None
+            self._unknown.add(terminal_id)
+            return None
+        previous = row["previous_box"]
+        try:
+            keys = Keys(
+                self._keyring.open(terminal_id, row["secret_box"]),
+                self._keyring.open(terminal_id, previous) if previous is not None else None,
+                row["previous_until"].timestamp() if previous is not None else 0.0,
+            )
+        except (InvalidTag, UnknownKey) as exc:
+            # tampered, moved from another terminal, or under a key this file lacks: no
+            # signature can match it (an operator must look: logged, never answered as a 500)
+            log.error("terminal_secret_unreadable", terminal_id=terminal_id, error=repr(exc))
+            self._unknown.add(terminal_id)
+            return None
+        self._keys[terminal_id] = keys
+        return keys
 
-    def forget(self, terminal_id: int) -> None:
-        """A terminal was created under this id: no longer unknown."""
-        self._unknown.pop(terminal_id, None)
+    def forget(self) -> None:
+        """Secrets were made or changed in this process: read them again."""
+        self._keys.clear()
+        self._unknown.clear()
+
+    async def forget_if_changed(self, conn: db.Connection) -> None:
+        version: int = await conn.fetchval(db.q("terminal_keys_version"))
+        if version != self._version:
+            self._version = version
+            self.forget()
 
 
 # signs for unknown terminals, so that they take the time a known one takes
@@ -130,10 +160,15 @@ async def verify(
     current = time.time() if now is None else now
     if abs(current - signed.timestamp) > clock_skew:
         raise errors.StaleTimestamp()
-    secret = await secrets.get(pool, signed.terminal_id)
+    keys = await secrets.get(pool, signed.terminal_id)
+    stamp = str(signed.timestamp)
     # an unknown terminal and a wrong signature answer alike: ids cannot be enumerated
-    expected = sign(
-        secret or _NO_SECRET, method, path_qs, str(signed.timestamp), signed.nonce, body
-    )
-    if not hmac.compare_digest(expected, signed.signature) or secret is None:
-        raise errors.BadSignature()
+    secret = keys.current if keys is not None else _NO_SECRET
+    expected = sign(secret, method, path_qs, stamp, signed.nonce, body)
+    if keys is not None and hmac.compare_digest(expected, signed.signature):
+        return
+    if keys is not None and keys.previous is not None and current < keys.previous_until:
+        expected = sign(keys.previous, method, path_qs, stamp, signed.nonce, body)
+        if hmac.compare_digest(expected, signed.signature):
+            return
+    raise errors.BadSignature()

@@ -27,11 +27,13 @@ from coupon import (
     households,
     logins,
     logs,
+    merchants,
     migrations,
     signing,
     tokens,
 )
 from coupon.config import Settings
+from coupon.keyring import Keyring
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", help="revoke a token by id (every process, at once)")
     revoke.add_argument("id", type=int)
     revoke.set_defaults(run=_token_revoke)
+
+    keyp = sub.add_parser(
+        "keys", help="the key file that encrypts terminal secrets"
+    ).add_subparsers()
+    rotate = keyp.add_parser(
+        "rotate",
+        help="put a new key first in the key file and re-encrypt every terminal secret under it "
+        "(running servers follow within a second; then the old key's line may go)",
+    )
+    rotate.set_defaults(run=_keys_rotate)
 
     hh = sub.add_parser("households", help="households").add_subparsers()
     imp = hh.add_parser("import", help="import households from a CSV file")
@@ -254,6 +266,22 @@ def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: no live token has id {args.id}", file=sys.stderr)
         return 1
     print(f"token {args.id} revoked")
+    return 0
+
+
+def _keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    keyring = Keyring.from_settings(settings)
+    key_id = keyring.rotate()
+
+    async def run(conn: db.Connection) -> int:
+        async with conn.transaction():
+            done = await merchants.rewrap_secrets(conn, keyring)
+            await conn.fetchval(db.q("terminal_keys_changed"))
+        return done
+
+    done = _with_database(settings, run)
+    print(f"key {key_id} now encrypts; {done} terminals' secrets re-encrypted under it")
+    print(f"older keys in {keyring.path} may now be removed")
     return 0
 
 
@@ -438,7 +466,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             conn = await asyncpg.connect(dsn)
             try:
                 seeded = await demo.seed(
-                    conn, settings.data_dir, args.households or demo.DEFAULT_HOUSEHOLDS
+                    conn,
+                    settings.data_dir,
+                    args.households or demo.DEFAULT_HOUSEHOLDS,
+                    keyring=Keyring.from_settings(settings),
                 )
                 shoppers = [
                     simulator.Shopper(r["national_id"], r["province"], r["entitled"])

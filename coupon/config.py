@@ -73,9 +73,16 @@ class Settings(BaseSettings):
     # verification still trusts (comma-separated: 64 hex digits or PEM file paths)
     seal_key_file: Path | None = None
     seal_trusted_keys: str = ""
+    # the keys that encrypt the terminals' HMAC secrets in the database (coupon/keyring.py;
+    # made on first start when missing), default <data_dir>/terminal-secrets.keys
+    kek_file: Path | None = None
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True
 
     @property
     def seal_key_path(self) -> Path:
         return self.seal_key_file or self.data_dir / "ledger-seal.key"
+
+    @property
+    def kek_path(self) -> Path:
+        return self.kek_file or self.data_dir / "terminal-secrets.keys"

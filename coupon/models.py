@@ -213,6 +213,17 @@ class TerminalCreated(BaseModel):
     secret: str
 
 
+class SecretRotation(Model):
+    # seconds the previous secret keeps verifying: terminals switch over meanwhile
+    overlap_seconds: Annotated[int, Field(ge=0, le=7 * 86400, strict=True)] = 3600
+
+
+class SecretRotated(BaseModel):
+    terminal_id: int
+    secret: str
+    previous_valid_until: dt.datetime
+
+
 class Terminal(BaseModel):
     id: int
     merchant_id: int

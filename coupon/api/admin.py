@@ -16,6 +16,7 @@ from coupon.models import (
     ImportQuery,
     ImportResponse,
     MerchantCreate,
+    SecretRotation,
     StatusChange,
     TrancheCreate,
     TrancheList,
@@ -117,8 +118,8 @@ async def patch_merchant(request: web.Request) -> web.Response:
 async def create_terminal(request: web.Request) -> web.Response:
     merchant_id = int_param(request, "id")
     async with request.app[keys.POOL].acquire() as conn:
-        created = await merchants.create_terminal(conn, merchant_id)
-    request.app[keys.SECRETS].forget(created.terminal_id)
+        created = await merchants.create_terminal(conn, merchant_id, request.app[keys.KEYRING])
+    request.app[keys.SECRETS].forget()  # known here at once (elsewhere within a second)
     request[keys.LOG]["terminal_id"] = created.terminal_id  # the secret is never logged
     return json_response(created, status=201)
 
@@ -129,3 +130,15 @@ async def patch_terminal(request: web.Request) -> web.Response:
     async with request.app[keys.POOL].acquire() as conn:
         terminal = await merchants.set_terminal_status(conn, terminal_id, change.status)
     return json_response(terminal)
+
+
+async def rotate_terminal_secret(request: web.Request) -> web.Response:
+    terminal_id = int_param(request, "id")
+    overlap = body_of(request, SecretRotation).overlap_seconds
+    async with request.app[keys.POOL].acquire() as conn:
+        rotated = await merchants.rotate_secret(
+            conn, terminal_id, request.app[keys.KEYRING], overlap
+        )
+    request.app[keys.SECRETS].forget()
+    request[keys.LOG]["terminal_id"] = terminal_id  # the secret is never logged
+    return json_response(rotated, status=201)

@@ -11,6 +11,7 @@ from coupon.api.clients import Clients, StreamSlots
 from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.redemption import RedemptionBatcher
 from coupon.signing import SealKeys
 
@@ -20,6 +21,8 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", db.Pool)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
+# the keys that encrypt terminal secrets in the database (a file outside it)
+KEYRING = web.AppKey("keyring", Keyring)
 CLIENTS = web.AppKey("clients", Clients)
 # live-counter streams open in this process, in all and per token
 STREAMS = web.AppKey("streams", StreamSlots)

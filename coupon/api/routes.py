@@ -27,6 +27,8 @@ from coupon.models import (
     RedemptionRequest,
     ReversalRequest,
     Reversed,
+    SecretRotated,
+    SecretRotation,
     Settlement,
     SettlementQuery,
     Stats,
@@ -333,6 +335,17 @@ ROUTES: tuple[Route, ...] = (
         "Register a POS terminal; its secret is shown only in this response",
         "operator",
         responses={201: TerminalCreated, 404: None},
+        tag="operator",
+    ),
+    Route(
+        "POST",
+        "/v1/admin/terminals/{id}/secret",
+        admin.rotate_terminal_secret,
+        "Give a POS terminal a new secret (shown only in this response); the previous one "
+        "keeps verifying for overlap_seconds (default 3600) while the terminal switches over",
+        "operator",
+        body=SecretRotation,
+        responses={201: SecretRotated, 404: None, 413: None, 415: None},
         tag="operator",
     ),
     Route(

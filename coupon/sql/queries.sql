@@ -294,19 +294,60 @@ INSERT INTO merchants (name, province) VALUES ($1, $2) RETURNING id;
 -- Suspend or reactivate a store.
 UPDATE merchants SET status = $2 WHERE id = $1 RETURNING id, name, province, status;
 
+-- name: next_terminal_id
+-- The id a new terminal gets (its secret is encrypted bound to it before the row exists).
+SELECT nextval(pg_get_serial_sequence('terminals', 'id'));
+
 -- name: insert_terminal
--- Register a POS terminal of an existing store with its HMAC secret.
-INSERT INTO terminals (merchant_id, secret)
-SELECT id, $2 FROM merchants WHERE id = $1
+-- Register a POS terminal of an existing store with its encrypted HMAC secret.
+INSERT INTO terminals (id, merchant_id, secret_box) OVERRIDING SYSTEM VALUE
+SELECT $3, id, $2 FROM merchants WHERE id = $1
 RETURNING id;
+
+-- name: terminal_keys_changed
+-- Say that a terminal's secret was made or changed (see terminal_key_changes_seq).
+SELECT nextval('terminal_key_changes_seq');
+
+-- name: terminal_keys_version
+-- How many times terminal secrets were made or changed (0: never).
+SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM terminal_key_changes_seq;
+
+-- name: rotate_terminal_secret
+-- A terminal's new secret; the one it replaces verifies for $3 more seconds.
+UPDATE terminals
+SET previous_box = secret_box, previous_until = now() + make_interval(secs => $3),
+    secret_box = $2
+WHERE id = $1
+RETURNING id, previous_until;
+
+-- name: plain_terminal_secrets
+-- Secrets still in plain text (stored by versions before 0.3).
+SELECT id, secret FROM terminals WHERE secret IS NOT NULL ORDER BY id;
+
+-- name: encrypt_terminal_secret
+-- A plain-text secret replaced by its encrypted form.
+UPDATE terminals SET secret_box = $2, secret = NULL WHERE id = $1 AND secret IS NOT NULL;
+
+-- name: terminal_boxes
+-- Every terminal's encrypted secrets, to re-encrypt them under a new key.
+SELECT id, secret_box, previous_box FROM terminals WHERE secret_box IS NOT NULL ORDER BY id;
+
+-- name: rewrap_terminal_secret
+-- One terminal's secrets re-encrypted, unless they changed meanwhile.
+UPDATE terminals SET secret_box = $3, previous_box = $4
+WHERE id = $1 AND secret_box = $2;
 
 -- name: set_terminal_status
 -- Suspend or reactivate a POS terminal.
 UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status;
 
 -- name: terminal_secret
--- The HMAC secret of a terminal, to verify its signatures.
-SELECT secret FROM terminals WHERE id = $1;
+-- The encrypted HMAC secrets of a terminal, to verify its signatures: the current one, and the
+-- one a rotation replaced while it still verifies.
+SELECT secret_box,
+       CASE WHEN previous_until > now() THEN previous_box END AS previous_box,
+       previous_until
+FROM terminals WHERE id = $1;
 
 -- name: redeem_many
 -- Group commit: many redemptions, one round trip, one transaction (SQL function redeem_many()).

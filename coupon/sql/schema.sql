@@ -133,11 +133,18 @@ CREATE TABLE merchants (
 CREATE TABLE terminals (
     id          bigint GENERATED ALWAYS AS IDENTITY (START WITH 1001) PRIMARY KEY,
     merchant_id bigint NOT NULL CONSTRAINT terminals_merchant_id_fkey REFERENCES merchants (id),
-    -- the HMAC key itself: verifying a signature needs it. Never returned after creation.
-    secret      text NOT NULL CONSTRAINT terminals_secret_check CHECK (length(secret) >= 32),
+    -- a secret as versions before 0.3 stored it, in plain text: the service encrypts it into
+    -- secret_box and clears it when it starts
+    secret      text CONSTRAINT terminals_secret_check CHECK (length(secret) >= 32),
     status      text NOT NULL DEFAULT 'active'
         CONSTRAINT terminals_status_check CHECK (status IN ('active', 'suspended')),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the HMAC key, encrypted under a key kept outside the database (coupon/keyring.py); never
+    -- returned after creation or rotation
+    secret_box     bytea,
+    -- after a rotation, the previous secret still verifies until previous_until
+    previous_box   bytea,
+    previous_until timestamptz
 );
 CREATE INDEX terminals_merchant_id_idx ON terminals (merchant_id);
 
@@ -151,6 +158,10 @@ CREATE TABLE api_tokens (
     expires_at timestamptz NOT NULL,
     revoked_at timestamptz
 );
+
+-- Drawn from whenever a terminal's secret is made or changes: every process polls it and
+-- forgets the secrets it cached when it moved.
+CREATE SEQUENCE terminal_key_changes_seq;
 
 -- Nonces seen per terminal; kept a little longer than the 300 s clock window, then pruned.
 CREATE TABLE terminal_nonces (
@@ -359,6 +370,9 @@ CREATE SCHEMA coupon_staging;
 GRANT USAGE, CREATE ON SCHEMA coupon_staging TO coupon_writer;
 GRANT USAGE ON SCHEMA public TO coupon_writer, coupon_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO coupon_reader;
+-- auditors see which terminals exist, never their secrets (encrypted or not)
+REVOKE SELECT ON terminals FROM coupon_reader;
+GRANT SELECT (id, merchant_id, status, created_at) ON terminals TO coupon_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coupon_writer;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ledger FROM coupon_writer;
 REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, ledger_block_signatures,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,8 @@ from coupon import (
     signing,
     tranches,
 )
+from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.models import MerchantCreate, TrancheCreate
 from coupon.provinces import iran_provinces
 from tests.conftest import TEST_SHARDS, as_role
@@ -107,7 +110,7 @@ def _schema_dump(dsn: str) -> str:
 
 
 async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_row(
-    empty_database: Callable[..., Any],
+    empty_database: Callable[..., Any], tmp_path: Path
 ) -> None:
     legacy = await empty_database(owner=None)
     await _released(legacy)
@@ -125,7 +128,13 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         merchant = await merchants.create_merchant(
             conn, MerchantCreate(name="Shop", province="IR-15")
         )
-        terminal = (await merchants.create_terminal(conn, merchant)).terminal_id
+        # as 0.1.0 stored a terminal: its secret in plain text
+        secret = "ab" * 32
+        terminal = await conn.fetchval(
+            "INSERT INTO terminals (merchant_id, secret) VALUES ($1, $2) RETURNING id",
+            merchant,
+            secret,
+        )
         for i, nid in enumerate(ids[:8]):
             row = await conn.fetchrow(
                 "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -150,7 +159,19 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
 
         after = await _fingerprint(conn)
         assert after.pop("ledger_block_signatures")[0] == 0  # new, and empty
+        # terminals have new columns: the old ones compared, then the secret encrypted
+        assert after.pop("terminals") != before.pop("terminals")
         assert after == before
+        assert await conn.fetchval(
+            "SELECT (id, merchant_id, secret, status) = ($1, $2, $3, 'active') FROM terminals",
+            terminal,
+            merchant,
+            secret,
+        )
+        keyring = Keyring.from_settings(Settings(kek_file=tmp_path / "keys"))
+        assert await merchants.encrypt_plain_secrets(conn, keyring) == 1
+        box = await conn.fetchval("SELECT secret_box FROM terminals WHERE secret IS NULL")
+        assert keyring.open(terminal, box) == secret
         assert [dict(r) for r in await conn.fetch(ANSWERS_AFTER)] == answers
         keys = signing.SealKeys(Ed25519PrivateKey.generate())
         assert not (await audit.verify(conn, keys)).ok  # unsigned heads are not trusted...
