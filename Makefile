@@ -8,15 +8,20 @@ STAMP  := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
+# pip's output goes to $(LOG), shown only when something fails
+LOG    := $(VENV)/install.log
+
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing Coupon and its dependencies into $(VENV) (log: $(LOG)) ..."
+	@{ $(BIN)/python -m pip install --upgrade pip \
+	  && $(BIN)/python -m pip install -c constraints.txt -e '.[dev]'; } > $(LOG) 2>&1 \
+	  || { tail -n 30 $(LOG); echo "make install: pip failed, the whole log is $(LOG)"; exit 1; }
+	@touch $(STAMP)
 
 run: install          ## the service with demo data on the embedded PostgreSQL
-	$(BIN)/coupon demo
+	@$(BIN)/coupon demo
 
 test: install         ## the whole suite against a real PostgreSQL
 	$(BIN)/python -m pytest
@@ -31,13 +36,13 @@ soak: install         ## the long reliability runs; figures in test-artifacts/re
 	cat test-artifacts/reliability.jsonl
 
 lint: install
-	$(BIN)/ruff check coupon tests loadtest
-	$(BIN)/ruff format --check coupon tests loadtest
+	$(BIN)/ruff check coupon tests loadtest examples
+	$(BIN)/ruff format --check coupon tests loadtest examples
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format coupon tests loadtest
-	$(BIN)/ruff check --fix coupon tests loadtest
+	$(BIN)/ruff format coupon tests loadtest examples
+	$(BIN)/ruff check --fix coupon tests loadtest examples
 
 bench: install wrk    ## pgbench TPC-B, then signed POS traffic (wrk, open loop) on the same PostgreSQL
 	$(BIN)/python -m loadtest.bench

@@ -8,11 +8,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from coupon import audit, db, live, logs, merchants
-from coupon.api import keys, protocol
+from coupon.api import keys, openapi, protocol
 from coupon.api.clients import Clients, StreamSlots
 from coupon.api.guard import guard
 from coupon.api.metrics import Metrics
@@ -88,6 +89,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.CLIENTS] = clients
     app[keys.STREAMS] = StreamSlots(settings.max_streams, settings.max_streams_per_token)
     app[keys.SEAL_KEYS] = SealKeys.from_settings(settings)
+    app[keys.OPENAPI] = orjson.dumps(openapi.document())
     protocol.install()
     app.on_response_prepare.append(_headers)
 

@@ -17,6 +17,7 @@ from coupon.models import LedgerFilters, Verification
 from coupon.signing import SealKeys
 
 GENESIS = bytes(32)
+HEAD_NOT_FOUND = "head not found"
 MAX_BLOCK_ROWS = 50_000
 CSV_COLUMNS = (
     "seq",
@@ -198,8 +199,13 @@ async def verify(
     elif mismatch is not None:
         first_bad, reason = mismatch
     elif expected_head is not None and known is None:
-        reason = "the recorded head is no longer in the chain: history was rewritten"
-        first_bad = 1
+        # an intact chain without the head: a head copied wrong or from another database looks
+        # exactly like a chain rebuilt from scratch, so claim no tampering and name no row
+        reason = (
+            f"{HEAD_NOT_FOUND}: {expected_head.hex()} is not a block of this ledger's chain, "
+            "which is otherwise intact; check that it was copied whole and from this database "
+            "-- if it was, the chain was rebuilt after it was recorded"
+        )
     return Verification(
         ok=reason is None,
         entries=entries,
@@ -349,3 +355,8 @@ def verify_export(lines: Iterable[bytes], keys: SealKeys) -> Verification:
     if pending is not None:
         return result(pending["seq"], f"row {pending['seq']} is in no sealed block")
     return result(None, None)
+
+
+def head_not_found(result: Verification) -> bool:
+    """The chain holds, but not the head it was asked about."""
+    return not result.ok and (result.reason or "").startswith(HEAD_NOT_FOUND)

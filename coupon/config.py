@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # off, /v1/stats/stream answers 503 in this process
     live_counters: bool = True
     log_level: str = "info"
+    # where JSON log lines go instead of stdout ("-": stdout); unset, `coupon demo` and a
+    # `coupon serve` on a terminal write <data_dir>/serve.log, so that the terminal stays readable
+    log_file: Path | None = None
     # seconds request log lines may wait in the stdout buffer (0: write and flush each line)
     log_flush_interval: float = 0.0
     # `coupon serve` on uvloop (less CPU a request, BENCHMARKS.md); false: asyncio's own

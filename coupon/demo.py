@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coupon import db, households, merchants, national_id, tokens, tranches
+from coupon.embedded import write_private
 from coupon.keyring import Keyring
 from coupon.models import CATEGORIES, Band, MerchantCreate, TerminalCreated, TrancheCreate
 from coupon.provinces import iran_provinces
@@ -25,6 +26,7 @@ STORES = 150
 MIN_HOUSEHOLDS = 25  # per province, so that the smallest still moves on the dashboard
 MIN_STORES = 2
 TERMINALS_FILE = "demo-terminals.json"
+TOKENS_FILE = "demo-tokens.json"
 # Iran's average household had 3.3 members at the 2016 census; this spread averages 3.4
 MEMBERS = (1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 6)
 
@@ -36,6 +38,8 @@ class Seeded:
     terminals: list[dict[str, Any]]
     households: list[str]
     tranche_id: int | None
+    terminals_file: Path
+    tokens_file: Path
 
 
 @cache
@@ -152,13 +156,38 @@ async def seed(
             ),
         )
         tranche_id = created.id
+    operator_token, auditor_token = await _demo_tokens(conn, data_dir)
     return Seeded(
-        operator_token=await tokens.create_token(conn, "operator", "demo operator"),
-        auditor_token=await tokens.create_token(conn, "auditor", "demo auditor"),
+        operator_token=operator_token,
+        auditor_token=auditor_token,
         terminals=terminals,
         households=[r[0] for r in rows],
         tranche_id=tranche_id,
+        terminals_file=(data_dir / TERMINALS_FILE).absolute(),
+        tokens_file=(data_dir / TOKENS_FILE).absolute(),
     )
+
+
+async def _demo_tokens(conn: db.Connection, data_dir: Path) -> tuple[str, str]:
+    """The demo's operator and auditor tokens: those kept in the data directory while the
+    database still knows them, so that a restart does not mint (and leave valid) new ones."""
+    path = data_dir / TOKENS_FILE
+    saved: dict[str, str] = {}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = {}
+    chosen = {}
+    for role in ("operator", "auditor"):
+        token = saved.get(role)
+        if not isinstance(token, str) or await tokens.role_of(conn, token) != role:
+            token = await tokens.create_token(conn, role, f"demo {role}")
+        chosen[role] = token
+    if chosen != saved:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, json.dumps(chosen, indent=1))
+    return chosen["operator"], chosen["auditor"]
 
 
 async def _demo_terminals(
@@ -197,27 +226,41 @@ async def _demo_terminals(
     return terminals
 
 
-def print_welcome(seeded: Seeded, base: str, rate: float | None) -> None:
-    first = seeded.terminals[0]
+def print_welcome(
+    seeded: Seeded,
+    base: str,
+    rate: float | None,
+    *,
+    samples: list[str] | None = None,
+    log_file: Path | None = None,
+    example: str | None = None,
+) -> None:
+    """The way in: URLs, tokens, where the secrets are. Printed last, once the service listens,
+    so that it stays on screen."""
     traffic = (
-        f"simulated POS traffic: ~{rate:g} requests/s through the signed API (--rate)"
+        f"~{rate:g} simulated POS requests/s through the signed API (--rate)"
         if rate
-        else "no simulated traffic"
+        else "none (--rate 0)"
     )
-    print(
-        f"""
-Coupon demo
-  dashboard    {base}/dashboard      (sign in with the operator token)
-  API          {base}/v1/   (OpenAPI: {base}/openapi.json)
-  health       {base}/healthz     metrics: {base}/metrics
-  operator token   {seeded.operator_token}
-  auditor token    {seeded.auditor_token}
-  open tranche     {seeded.tranche_id}
-  {len(seeded.households)} households over 31 provinces by population (2016 census)
-  {len(seeded.terminals)} terminals; e.g. terminal {first["terminal_id"]} secret {first["secret"]}
-  all terminal secrets: {TERMINALS_FILE} in the data directory
-  sample households: {", ".join(seeded.households[:3])}
-  {traffic}
-""",
-        flush=True,
-    )
+    lines = [
+        "",
+        f"Coupon demo on {base}",
+        f"  dashboard        {base}/dashboard   (sign in with the operator token)",
+        f"  operator token   {seeded.operator_token}",
+        f"  auditor token    {seeded.auditor_token}",
+        f"                   (kept in {seeded.tokens_file}: the same on every start)",
+        f"  API              {base}/v1/   OpenAPI {base}/openapi.json",
+        f"  health, metrics  {base}/healthz   {base}/metrics",
+        f"  terminals        {len(seeded.terminals)}, ids and secrets in {seeded.terminals_file}",
+        f"  households       {len(seeded.households)} over 31 provinces by population "
+        "(2016 census)",
+        f"                   credited, e.g. {', '.join((samples or seeded.households)[:3])}",
+        f"  open tranche     {seeded.tranche_id}",
+    ]
+    if example:
+        lines.append(f"  a signed sale    {example}")
+    lines.append(f"  POS traffic      {traffic}")
+    if log_file:
+        lines.append(f"  request logs     {log_file}")
+        lines.append("  stop             Ctrl-C (the PostgreSQL it started stops too)")
+    print("\n".join([*lines, ""]), flush=True)

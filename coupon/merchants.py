@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from coupon import db, errors
 from coupon.keyring import Keyring
@@ -92,3 +93,17 @@ async def set_terminal_status(conn: db.Connection, terminal_id: int, status: str
     if row is None:
         raise errors.TerminalNotFound()
     return Terminal.model_validate(dict(row))
+
+
+async def list_merchants(
+    conn: db.Connection, province: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """Stores with their number of terminals, by id."""
+    return [dict(r) for r in await conn.fetch(db.q("list_merchants"), province, status)]
+
+
+async def list_terminals(
+    conn: db.Connection, merchant_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Terminals with their store, by id; never their secrets."""
+    return [dict(r) for r in await conn.fetch(db.q("list_terminals"), merchant_id)]

@@ -70,6 +70,11 @@ def _map() -> bytes:
     )
 
 
+async def root(request: web.Request) -> web.Response:
+    """The service's front door is the dashboard."""
+    raise web.HTTPFound("/dashboard")
+
+
 async def dashboard(request: web.Request) -> web.Response:
     return web.Response(
         body=_file("dashboard.html"), content_type="text/html", charset="utf-8", headers=_HEADERS

@@ -36,5 +36,7 @@ BATCHER = web.AppKey("redemption_batcher", RedemptionBatcher)
 SHARDS = web.AppKey("counter_shards", int)
 # per request: the bearer token's hash (hex), once the guard has admitted it
 TOKEN = web.RequestKey("token", str)
+# /openapi.json, encoded once
+OPENAPI = web.AppKey("openapi", bytes)
 # per request: fields the handler adds to the request's log line
 LOG = web.RequestKey("log", dict[str, object])

@@ -214,6 +214,17 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/",
+        dashboard.root,
+        "Redirects to the dashboard",
+        "none",
+        responses={302: None},
+        media="text/plain",
+        database=False,
+        tag="dashboard",
+    ),
+    Route(
+        "GET",
         "/dashboard",
         dashboard.dashboard,
         "The operators' live dashboard (Persian and English; asks for a token)",

@@ -734,3 +734,20 @@ SELECT p.code,
 FROM provinces p
 LEFT JOIN ledger_sums s ON s.province = p.code
 ORDER BY p.code;
+
+-- name: list_merchants
+-- Stores and how many terminals each has, of one province ($1) and/or status ($2) when given.
+SELECT m.id, m.name, m.province, m.status, count(t.id) AS terminals
+FROM merchants m
+LEFT JOIN terminals t ON t.merchant_id = m.id
+WHERE ($1::text IS NULL OR m.province = $1) AND ($2::text IS NULL OR m.status = $2)
+GROUP BY m.id
+ORDER BY m.id;
+
+-- name: list_terminals
+-- POS terminals (never their secrets) with their store, of one store ($1) when given.
+SELECT t.id, t.merchant_id, m.name AS merchant_name, m.province, t.status
+FROM terminals t
+JOIN merchants m ON m.id = t.merchant_id
+WHERE $1::bigint IS NULL OR t.merchant_id = $1
+ORDER BY t.id;

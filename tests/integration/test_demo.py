@@ -10,7 +10,10 @@ from pathlib import Path
 import asyncpg
 
 from coupon import db, demo, simulator
+from tests.conftest import ROOT
 from tests.integration.terminal import Client, invariants
+
+EXAMPLES = ROOT / "examples"
 
 
 async def test_the_demo_data_set(conn: asyncpg.Connection, tmp_path: Path) -> None:
@@ -84,4 +87,82 @@ async def test_demo_no_serve_loads_and_prints_the_way_in(dsn: str, tmp_path: Pat
     assert proc.returncode == 0
     text = out.decode()
     assert "/dashboard" in text and "operator token   cpn_" in text
-    assert "500 households over 31 provinces" in text
+    assert "households       500 over 31 provinces" in text
+
+
+async def test_demo_reuses_its_tokens_and_says_where_its_files_are(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "COUPON_DATA_DIR": str(tmp_path),
+        "COUPON_LOG_LEVEL": "warning",
+    }
+
+    async def demo_run() -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "coupon", "demo", "--no-serve", "--households", "300"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0
+        return out.decode()
+
+    def tokens_of(text: str) -> list[str]:
+        return [line.split()[-1] for line in text.splitlines() if " token " in line]
+
+    first, second = await demo_run(), await demo_run()
+    assert len(tokens_of(first)) == 2 and tokens_of(first) == tokens_of(second)
+    assert await conn.fetchval("SELECT count(*) FROM api_tokens") == 2
+    for name in (demo.TOKENS_FILE, demo.TERMINALS_FILE):
+        path = tmp_path / name
+        assert str(path) in first  # the full path
+        assert path.stat().st_mode & 0o777 == 0o600
+    # a token revoked behind its back is replaced, not printed
+    await conn.execute("DELETE FROM api_tokens WHERE role = 'auditor'")
+    third = tokens_of(await demo_run())
+    assert third[0] == tokens_of(first)[0] and third[1] != tokens_of(first)[1]
+
+
+async def test_the_example_pos_sells_to_the_demo(
+    client: Client, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import pos_redeem
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    seeded = await demo.seed(conn, tmp_path, total_households=3_000)
+    household = next(r for r in demo.demo_households(3_000) if r[0] == pos_redeem.DEMO_HOUSEHOLD)
+    assert household[3] <= 3  # credited from the first minute of the demo's tranche
+    url = str(client.make_url("")).rstrip("/")
+    for _ in range(2):  # a fresh request id and nonce on every run
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(EXAMPLES / "pos_redeem.py"),
+            "--url",
+            url,
+            env={**os.environ, "COUPON_DATA_DIR": str(tmp_path)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = out.decode()
+        assert proc.returncode == 0, text + err.decode()
+        assert f"terminal {seeded.terminals[0]['terminal_id']}" in text
+        assert "balance    200" in text and '"eligible": true' in text
+        assert "redemption 201" in text and '"status": "approved"' in text
+        assert "resent     201 the stored answer, Idempotent-Replayed: true" in text
+    redeemed = await conn.fetchval(
+        "SELECT sum(amount) FROM ledger WHERE national_id = $1", pos_redeem.DEMO_HOUSEHOLD
+    )
+    assert redeemed == 2 * 1_200_000
+
+
+async def test_the_root_redirects_to_the_dashboard(client: Client) -> None:
+    response = await client.get("/", allow_redirects=False)
+    assert response.status == 302 and response.headers["Location"] == "/dashboard"
+    response = await client.get("/")
+    assert response.status == 200 and "text/html" in response.headers["Content-Type"]
