@@ -23,6 +23,24 @@ class UnknownKey(Exception):
     """A secret is encrypted under a key the key file no longer (or not yet) holds."""
 
 
+def create_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only, whole or not at all: several processes
+    may start at once; the first one's file stands, and no one reads a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temporary, path)  # atomic, and refuses to replace an existing file
+    except FileExistsError:
+        pass  # another process made it a moment ago: theirs stands
+    finally:
+        temporary.unlink()
+
+
 def _aad(terminal_id: int) -> bytes:
     # a secret's box opens only as its own terminal's: boxes cannot be swapped between rows
     return b"coupon terminal secret %d" % terminal_id
@@ -45,14 +63,7 @@ class Keyring:
     def from_settings(cls, settings: Settings, create: bool = True) -> Keyring:
         path = settings.kek_path
         if create and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it a moment ago
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(_new_line() + "\n")
+            create_private(path, (_new_line() + "\n").encode())
         return cls(path)
 
     def reload(self) -> None:

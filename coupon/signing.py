@@ -5,7 +5,6 @@ given: the current key's, and retired keys' public halves (after a rotation)."""
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from coupon.config import Settings
+from coupon.keyring import create_private
 
 _CONTEXT = b"coupon ledger head\n"  # a signature of a head means nothing anywhere else
 
@@ -30,19 +30,14 @@ def raw_public(key: Ed25519PublicKey) -> bytes:
 def load_or_create(path: Path) -> Ed25519PrivateKey:
     """The private key in path (PEM, PKCS#8); a new one, readable by its owner only, when the
     file does not exist (several processes may race: one creates it, all read it)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_private(path)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    return key
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        create_private(path, pem)
+    return load_private(path)
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
@@ -88,7 +83,6 @@ class SealKeys:
         keys the settings list."""
         path = settings.seal_key_path
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
             private: Ed25519PrivateKey | None = load_or_create(path)
         else:
             private = load_private(path) if path.exists() else None
