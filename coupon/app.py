@@ -12,15 +12,18 @@ import orjson
 import structlog
 from aiohttp import web
 
-from coupon import audit, db, live, logs
-from coupon.api import keys, openapi
+from coupon import audit, db, live, logs, merchants
+from coupon.api import keys, openapi, protocol
+from coupon.api.clients import Clients, StreamSlots
 from coupon.api.guard import guard
 from coupon.api.metrics import Metrics
 from coupon.api.middleware import serve
 from coupon.api.routes import ROUTES
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.redemption import RedemptionBatcher
+from coupon.signing import SealKeys
 
 log = structlog.get_logger(__name__)
 
@@ -56,19 +59,47 @@ def background(
     return context
 
 
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = protocol.SERVER
+    # answers carry national ids and balances: no cache keeps them unless a handler says so
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """The service: routes, middleware, and a connection pool opened on start-up."""
-    app = web.Application(middlewares=[serve], client_max_size=MAX_JSON_BODY)
+    clients = Clients(settings.trusted_proxies, settings.metrics_networks, settings.metrics_token)
+    limits = protocol.Limits(
+        settings.header_timeout,
+        settings.max_connections,
+        settings.max_connections_per_client,
+        exempt=clients.is_trusted_proxy,
+    )
+    app = web.Application(
+        middlewares=[serve],
+        client_max_size=MAX_JSON_BODY,
+        # every server of this app (AppRunner's, gunicorn's worker's, the tests') gets these
+        handler_args={"keepalive_timeout": settings.idle_timeout, "limits": limits},
+    )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
 
-    app[keys.SECRETS] = TerminalSecrets()
+    keyring = Keyring.from_settings(settings)
+    app[keys.KEYRING] = keyring
+    app[keys.SECRETS] = TerminalSecrets(keyring)
+    app[keys.CLIENTS] = clients
+    app[keys.STREAMS] = StreamSlots(settings.max_streams, settings.max_streams_per_token)
+    app[keys.SEAL_KEYS] = SealKeys.from_settings(settings)
     app[keys.OPENAPI] = orjson.dumps(openapi.document())
+    protocol.install()
+    app.on_response_prepare.append(_headers)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[keys.POOL] = await db.create_pool(dsn, settings)
         async with app[keys.POOL].acquire() as conn:
             app[keys.SHARDS] = await db.counter_shards(conn)
+            # secrets older versions stored in plain text: encrypted before the first request
+            await merchants.encrypt_plain_secrets(conn, keyring)
+            await app[keys.SECRETS].forget_if_changed(conn)
         app[keys.BATCHER] = RedemptionBatcher(
             app[keys.POOL],
             app[keys.SHARDS],
@@ -89,8 +120,14 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     async def seal_ledger() -> None:
         # seal new ledger rows behind the writers (one process at a time does the work)
         async with app[keys.POOL].acquire() as conn:
-            await audit.seal(conn)
+            await audit.seal(conn, app[keys.SEAL_KEYS])
 
+    async def watch_terminal_keys() -> None:
+        async with app[keys.POOL].acquire() as conn:
+            await app[keys.SECRETS].forget_if_changed(conn)
+
+    # a secret made or rotated in another process holds here within a second
+    key_watch = background(lambda app: every(0.5, "terminal_keys", watch_terminal_keys))
     nonce_pruner = background(lambda app: every(60.0, "nonce_prune", prune_nonces))
     sealer = background(lambda app: every(settings.seal_interval, "ledger_seal", seal_ledger))
 
@@ -124,7 +161,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     if settings.log_flush_interval > 0:
         app.cleanup_ctx.append(log_flusher)
-    app.cleanup_ctx.extend([pool, nonce_pruner, sealer])
+    app.cleanup_ctx.extend([pool, key_watch, nonce_pruner, sealer])
     if settings.live_counters:
         app.cleanup_ctx.append(live_counters)
     app.on_shutdown.append(close_streams)

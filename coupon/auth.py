@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import time
 from dataclasses import dataclass
 
+import structlog
+from cryptography.exceptions import InvalidTag
 from multidict import CIMultiDictProxy
 
 from coupon import db, errors
+from coupon.keyring import Keyring, UnknownKey
+
+log = structlog.get_logger(__name__)
 
 NONCE = re.compile(r"^[\x21-\x7e]{8,64}$")  # printable ASCII, no spaces
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
@@ -74,21 +80,70 @@ def parse_headers(headers: CIMultiDictProxy[str]) -> SignedRequest:
     return SignedRequest(int(terminal), int(timestamp), nonce, signature)
 
 
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """A terminal's secrets: the current one, and the one a rotation replaced, until when."""
+
+    current: str
+    previous: str | None = None
+    previous_until: float = 0.0  # time.time()
+
+
 class TerminalSecrets:
-    """Terminal id -> HMAC secret, read from the database once per process (secrets never
-    change); unknown ids are not cached, so a terminal created a moment ago works at once."""
+    """Terminal id -> its secrets, decrypted once and cached per process. Every process polls
+    how often secrets were made or changed (forget_if_changed, twice a second) and forgets its
+    cache when that moves: a rotation or a new terminal holds everywhere within a second. An
+    unknown id is remembered as unknown meanwhile, so that guessing ids costs no query each."""
 
-    def __init__(self) -> None:
-        self._secrets: dict[int, str] = {}
+    UNKNOWN_MAX = 10_000  # remembered unknown ids at most (a flood of guesses stays small)
 
-    async def get(self, pool: db.Pool, terminal_id: int) -> str | None:
-        secret = self._secrets.get(terminal_id)
-        if secret is None:
-            async with pool.acquire() as conn:
-                secret = await conn.fetchval(db.q("terminal_secret"), terminal_id)
-            if secret is not None:
-                self._secrets[terminal_id] = secret
-        return secret
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._keys: dict[int, Keys] = {}
+        self._unknown: set[int] = set()
+        self._version: int | None = None
+
+    async def get(self, pool: db.Pool, terminal_id: int) -> Keys | None:
+        keys = self._keys.get(terminal_id)
+        if keys is not None or terminal_id in self._unknown:
+            return keys
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(db.q("terminal_secret"), terminal_id)
+        if row is None or row["secret_box"] is None:
+            if len(self._unknown) >= self.UNKNOWN_MAX:
+                self._unknown.clear()
+            self._unknown.add(terminal_id)
+            return None
+        previous = row["previous_box"]
+        try:
+            keys = Keys(
+                self._keyring.open(terminal_id, row["secret_box"]),
+                self._keyring.open(terminal_id, previous) if previous is not None else None,
+                row["previous_until"].timestamp() if previous is not None else 0.0,
+            )
+        except (InvalidTag, UnknownKey) as exc:
+            # tampered, moved from another terminal, or under a key this file lacks: no
+            # signature can match it (an operator must look: logged, never answered as a 500)
+            log.error("terminal_secret_unreadable", terminal_id=terminal_id, error=repr(exc))
+            self._unknown.add(terminal_id)
+            return None
+        self._keys[terminal_id] = keys
+        return keys
+
+    def forget(self) -> None:
+        """Secrets were made or changed in this process: read them again."""
+        self._keys.clear()
+        self._unknown.clear()
+
+    async def forget_if_changed(self, conn: db.Connection) -> None:
+        version: int = await conn.fetchval(db.q("terminal_keys_version"))
+        if version != self._version:
+            self._version = version
+            self.forget()
+
+
+# signs for unknown terminals, so that they take the time a known one takes
+_NO_SECRET = os.urandom(32).hex()
 
 
 async def verify(
@@ -105,9 +160,15 @@ async def verify(
     current = time.time() if now is None else now
     if abs(current - signed.timestamp) > clock_skew:
         raise errors.StaleTimestamp()
-    secret = await secrets.get(pool, signed.terminal_id)
-    if secret is None:
-        raise errors.UnknownTerminal()
-    expected = sign(secret, method, path_qs, str(signed.timestamp), signed.nonce, body)
-    if not hmac.compare_digest(expected, signed.signature):
-        raise errors.BadSignature()
+    keys = await secrets.get(pool, signed.terminal_id)
+    stamp = str(signed.timestamp)
+    # an unknown terminal and a wrong signature answer alike: ids cannot be enumerated
+    secret = keys.current if keys is not None else _NO_SECRET
+    expected = sign(secret, method, path_qs, stamp, signed.nonce, body)
+    if keys is not None and hmac.compare_digest(expected, signed.signature):
+        return
+    if keys is not None and keys.previous is not None and current < keys.previous_until:
+        expected = sign(keys.previous, method, path_qs, stamp, signed.nonce, body)
+        if hmac.compare_digest(expected, signed.signature):
+            return
+    raise errors.BadSignature()

@@ -23,9 +23,22 @@ import pydantic
 import structlog
 from yarl import URL
 
-from coupon import audit, dates, db, errors, households, logins, logs, migrations, tokens
+from coupon import (
+    audit,
+    csvsafe,
+    dates,
+    db,
+    errors,
+    households,
+    logins,
+    logs,
+    migrations,
+    signing,
+    tokens,
+)
 from coupon.config import Settings
 from coupon.embedded import EmbeddedPostgresError
+from coupon.keyring import Keyring
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, buffered=settings.log_flush_interval > 0)
     try:
-        if args.database:
+        # an export is checked with no database at all
+        if args.database and not getattr(args, "offline", None):
             settings = locate_database(settings, args.database)
         result: int = args.run(settings, args)
     except CliError as exc:
@@ -265,6 +279,19 @@ _ENV_HELP = {
     "and when stdout is a terminal; '-': stdout)",
     "log_flush_interval": "seconds log lines may wait in the buffer (0: none)",
     "counter_shards": "counter rows per province (set at db init)",
+    "header_timeout": "seconds from connecting to a complete request head",
+    "idle_timeout": "seconds a kept-alive connection may stay idle",
+    "body_timeout": "seconds a request body may pause (then 408)",
+    "max_connections": "connections per process, in all (then 503 and close)",
+    "max_connections_per_client": "connections per process from one address",
+    "max_streams": "live-counter streams per process",
+    "max_streams_per_token": "live-counter streams per process and token (then 429)",
+    "trusted_proxies": "proxies whose X-Forwarded-For names the client (CIDRs)",
+    "metrics_networks": "networks that may read /metrics (CIDRs)",
+    "metrics_token": "a bearer token that may read /metrics from anywhere",
+    "seal_key_file": "the Ed25519 key that signs sealed heads (default <data dir>/ledger-seal.key)",
+    "seal_trusted_keys": "retired signing keys' public keys verification still trusts",
+    "kek_file": "the keys that encrypt terminal secrets (default <data dir>/terminal-secrets.keys)",
 }
 _DB_ENV = ("database_url", "data_dir", "log_level")
 _SERVE_ENV = (
@@ -284,6 +311,19 @@ _SERVE_ENV = (
     "uvloop",
     "log_file",
     "log_flush_interval",
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "max_connections",
+    "max_connections_per_client",
+    "max_streams",
+    "max_streams_per_token",
+    "trusted_proxies",
+    "metrics_networks",
+    "metrics_token",
+    "seal_key_file",
+    "seal_trusted_keys",
+    "kek_file",
 )
 
 
@@ -449,6 +489,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--role", required=True, choices=["operator", "auditor"])
     create.add_argument("--name", default="", help="who holds it (default: none)")
+    create.add_argument(
+        "--days",
+        type=float,
+        default=tokens.DEFAULT_LIFETIME_DAYS,
+        help="days the token works (default: %(default)s)",
+    )
+    _command(token, "list", "every token: id, role, name, expiry, revocation", _token_list)
+    revoke = _command(
+        token, "revoke", "revoke a token by id: refused by every process at once", _token_revoke
+    )
+    revoke.add_argument("token_id", type=_positive, help="the token's id (coupon token list)")
+
+    keyp = _group(sub, "keys", "the key file that encrypts terminal secrets")
+    _command(
+        keyp,
+        "rotate",
+        "put a new key first in the key file and re-encrypt every terminal secret under it",
+        _keys_rotate,
+        env=(*_DB_ENV, "kek_file"),
+        details="Servers that are running follow within a second (no downtime); afterwards "
+        "the older keys' lines may be removed from the file.",
+    )
 
     hh = _group(sub, "households", "the households' register: CSV import")
     imp = _command(
@@ -499,7 +561,9 @@ def _parser() -> argparse.ArgumentParser:
     ver = _command(
         aud,
         "verify",
-        "recompute the ledger's hash chain; exit 0 ok, 1 tampered, 3 head not found",
+        "recompute the ledger's hash chain, check its heads' signatures and reconcile it with "
+        "the terminals' answers, the credit and the settlement; exit 0 ok, 1 tampered, 3 head "
+        "not found",
         _audit_verify,
     )
     ver.add_argument(
@@ -509,6 +573,24 @@ def _parser() -> argparse.ArgumentParser:
         help="a head recorded earlier (64 hex digits), to check it is still in the chain",
     )
     ver.add_argument("--seal", action="store_true", help="seal pending rows first")
+    ver.add_argument(
+        "--offline",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="check an export (coupon audit export) instead, with no database",
+    )
+    ver.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        help="a trusted signing key: 64 hex digits or a PEM file (repeatable; default: the "
+        "seal key file's and COUPON_SEAL_TRUSTED_KEYS)",
+    )
+    exp = _command(
+        aud, "export", "every sealed ledger row and signed head, as JSON lines", _audit_export
+    )
+    exp.add_argument("file", type=Path, help="where to write it")
 
     report = _group(sub, "report", "reports: settlement per store")
     settle = _command(
@@ -620,12 +702,51 @@ def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
 
 def _token_create(settings: Settings, args: argparse.Namespace) -> int:
     async def create(conn: db.Connection) -> str:
-        return await tokens.create_token(conn, args.role, args.name)
+        return await tokens.create_token(conn, args.role, args.name, args.days)
 
     # the token must be the last line of the output, stderr included: the database is named here
     token = _with_database(settings, create, announce=False)
     print(f"{args.role} token for {describe(settings)} (shown once, store it now):")
     print(token)
+    return 0
+
+
+def _token_list(settings: Settings, args: argparse.Namespace) -> int:
+    rows = _with_database(settings, tokens.list_tokens)
+    for row in rows:
+        row["expires_at"] = row["expires_at"].isoformat(timespec="seconds")
+        row["revoked_at"] = (
+            row["revoked_at"].isoformat(timespec="seconds") if row["revoked_at"] else "-"
+        )
+    _print_table(rows, ("id", "role", "expires_at", "revoked_at", "name"))
+    return 0
+
+
+def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(conn: db.Connection) -> bool:
+        return await tokens.revoke(conn, args.token_id)
+
+    if not _with_database(settings, run):
+        raise CliError(f"no live token has id {args.token_id}: `coupon token list` shows them", 1)
+    print(f"token {args.token_id} revoked")
+    return 0
+
+
+def _keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from coupon import merchants
+
+    keyring = Keyring.from_settings(settings)
+    key_id = keyring.rotate()
+
+    async def run(conn: db.Connection) -> int:
+        async with conn.transaction():
+            done = await merchants.rewrap_secrets(conn, keyring)
+            await conn.fetchval(db.q("terminal_keys_changed"))
+        return done
+
+    done = _with_database(settings, run)
+    print(f"key {key_id} now encrypts; {done} terminals' secrets re-encrypted under it")
+    print(f"older keys in {keyring.path} may now be removed")
     return 0
 
 
@@ -651,12 +772,12 @@ def _households_import(settings: Settings, args: argparse.Namespace) -> int:
         result: households.ImportResult = _with_database(settings, run)
     except households.CsvFormatError as exc:
         raise CliError(f"{args.file}: {exc}") from None
-    print(f"imported {result.imported}, updated {result.updated}, rejected {len(result.rejected)}")
+    print(f"imported {result.imported}, updated {result.updated}, rejected {result.rejected_count}")
     for rejection in result.rejected[:20]:
         print(f"  line {rejection['line']}: {rejection['error']}")
-    if len(result.rejected) > 20:
-        print(f"  ... and {len(result.rejected) - 20} more")
-    return 0 if not result.rejected else 1
+    if result.rejected_count > 20:
+        print(f"  ... and {result.rejected_count - 20} more")
+    return 0 if not result.rejected_count else 1
 
 
 def _province(code: str) -> str:
@@ -729,7 +850,7 @@ def _terminals_add(settings: Settings, args: argparse.Namespace) -> int:
     from coupon import merchants
 
     async def add(conn: db.Connection) -> Any:
-        return await merchants.create_terminal(conn, args.merchant)
+        return await merchants.create_terminal(conn, args.merchant, Keyring.from_settings(settings))
 
     try:
         created = _with_database(settings, add, announce=False)
@@ -774,17 +895,35 @@ def _terminals_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
-    async def run(conn: db.Connection) -> Any:
-        if args.seal:
-            await audit.seal(conn)
-        return await audit.verify(conn, args.head)
+    keys = signing.SealKeys.from_settings(settings, create=args.seal)
+    if args.public_key:
+        keys = signing.SealKeys(None, [signing.load_public(k) for k in args.public_key])
+    if args.offline is not None:
+        with args.offline.open("rb") as lines:
+            result = audit.verify_export(lines, keys)
+    else:
 
-    result = _with_database(settings, run)
+        async def run(conn: db.Connection) -> Any:
+            if args.seal:
+                await audit.seal(conn, keys)
+            return await audit.verify(conn, keys, args.head)
+
+        result = _with_database(settings, run)
     print(result.model_dump_json(indent=2))
     if result.ok:
         return 0
     print(f"coupon: {result.reason}", file=sys.stderr)
     return 3 if audit.head_not_found(result) else 1
+
+
+def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(conn: db.Connection) -> int:
+        with args.file.open("wb") as out:
+            return await audit.export(conn, out.write)
+
+    rows = _with_database(settings, run)
+    print(f"exported {rows} sealed entries to {args.file}")
+    return 0
 
 
 def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
@@ -807,7 +946,7 @@ def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
     )
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csvsafe.cell(v) for k, v in row.items()} for row in rows)
     return 0
 
 
@@ -989,7 +1128,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             conn = await asyncpg.connect(dsn)
             try:
                 seeded = await demo.seed(
-                    conn, settings.data_dir, args.households or demo.DEFAULT_HOUSEHOLDS
+                    conn,
+                    settings.data_dir,
+                    args.households or demo.DEFAULT_HOUSEHOLDS,
+                    keyring=Keyring.from_settings(settings),
                 )
                 shoppers = [
                     simulator.Shopper(r["national_id"], r["province"], r["entitled"])

@@ -54,5 +54,38 @@ class Settings(BaseSettings):
     # announcements (under load, events come at most this often; a dashboard needs no more)
     stats_poll_interval: float = 0.1
     stats_min_interval: float = 0.25
+    # connections, per server process: seconds from connecting to a complete request head;
+    # seconds a kept-alive connection may stay idle; seconds a request body may pause; how many
+    # connections in all and from one address (a trusted proxy is not capped: cap at the proxy)
+    header_timeout: float = 10.0
+    idle_timeout: float = 15.0
+    body_timeout: float = 30.0
+    max_connections: int = 900
+    max_connections_per_client: int = 256
+    # live-counter streams (SSE), per server process: in all, and per bearer token
+    max_streams: int = 1000
+    max_streams_per_token: int = 32
+    # the proxies whose X-Forwarded-For names the client (comma-separated addresses or CIDR
+    # networks); empty: the peer is the client and the header is ignored
+    trusted_proxies: str = ""
+    # who may read /metrics: these networks, or anyone presenting this bearer token
+    metrics_networks: str = "127.0.0.0/8,::1"
+    metrics_token: str | None = None
+    # the Ed25519 key that signs the ledger's sealed heads (PEM; made on first start when
+    # missing), default <data_dir>/ledger-seal.key; and the public keys of retired signing keys
+    # verification still trusts (comma-separated: 64 hex digits or PEM file paths)
+    seal_key_file: Path | None = None
+    seal_trusted_keys: str = ""
+    # the keys that encrypt the terminals' HMAC secrets in the database (coupon/keyring.py;
+    # made on first start when missing), default <data_dir>/terminal-secrets.keys
+    kek_file: Path | None = None
     # test clusters only: the embedded PostgreSQL without fsync
     embedded_durable: bool = True
+
+    @property
+    def seal_key_path(self) -> Path:
+        return self.seal_key_file or self.data_dir / "ledger-seal.key"
+
+    @property
+    def kek_path(self) -> Path:
+        return self.kek_file or self.data_dir / "terminal-secrets.keys"

@@ -16,6 +16,7 @@ from typing import Any
 
 from coupon import db, households, merchants, national_id, tokens, tranches
 from coupon.embedded import write_private
+from coupon.keyring import Keyring
 from coupon.models import CATEGORIES, Band, MerchantCreate, TerminalCreated, TrancheCreate
 from coupon.provinces import iran_provinces
 
@@ -89,6 +90,7 @@ async def seed_programme(
     rows: list[tuple[str, str, int, int]],
     terminal_provinces: list[str],
     *,
+    keyring: Keyring,
     name: str,
     up_to_decile: int,
     started: dt.timedelta = dt.timedelta(minutes=1),
@@ -117,12 +119,16 @@ async def seed_programme(
         merchant_id = await merchants.create_merchant(
             conn, MerchantCreate(name=f"{name} {province} {i}", province=province)
         )
-        terminals.append((province, await merchants.create_terminal(conn, merchant_id)))
+        terminals.append((province, await merchants.create_terminal(conn, merchant_id, keyring)))
     return terminals
 
 
 async def seed(
-    conn: db.Connection, data_dir: Path, total_households: int = DEFAULT_HOUSEHOLDS
+    conn: db.Connection,
+    data_dir: Path,
+    total_households: int = DEFAULT_HOUSEHOLDS,
+    *,
+    keyring: Keyring,
 ) -> Seeded:
     """Load the demo data set (again safe: households upsert, stores and tranche once)."""
     rows = demo_households(total_households)
@@ -130,7 +136,7 @@ async def seed(
         f"{n},{p},{m},{d}\n" for n, p, m, d in rows
     )
     await households.import_csv(conn, households.blocks_of(csv_text.encode()))
-    terminals = await _demo_terminals(conn, data_dir)
+    terminals = await _demo_terminals(conn, data_dir, keyring)
     now = dt.datetime.now(dt.UTC)
     tranche_id = await conn.fetchval(db.q("current_tranche"))
     if tranche_id is None:
@@ -184,7 +190,9 @@ async def _demo_tokens(conn: db.Connection, data_dir: Path) -> tuple[str, str]:
     return chosen["operator"], chosen["auditor"]
 
 
-async def _demo_terminals(conn: db.Connection, data_dir: Path) -> list[dict[str, Any]]:
+async def _demo_terminals(
+    conn: db.Connection, data_dir: Path, keyring: Keyring
+) -> list[dict[str, Any]]:
     # secrets are shown once, so the demo keeps its own terminals' secrets in a private file
     path = data_dir / TERMINALS_FILE
     if path.exists():
@@ -202,7 +210,7 @@ async def _demo_terminals(conn: db.Connection, data_dir: Path) -> list[dict[str,
             )
             # most stores have one POS, some two
             for _ in range(rng.choice((1, 1, 1, 2))):
-                created = await merchants.create_terminal(conn, merchant_id)
+                created = await merchants.create_terminal(conn, merchant_id, keyring)
                 terminals.append(
                     {
                         "terminal_id": created.terminal_id,

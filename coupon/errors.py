@@ -52,12 +52,6 @@ class MissingSignature(Unauthorized):
     code = "missing_signature"
 
 
-class UnknownTerminal(Unauthorized):
-    """No terminal has this id."""
-
-    code = "unknown_terminal"
-
-
 class StaleTimestamp(Unauthorized):
     """X-Timestamp is more than 300 seconds away from the server's clock."""
 
@@ -152,6 +146,20 @@ class PayloadTooLarge(CouponError):
 
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(CouponError):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class TooManyStreams(CouponError):
+    """Too many live-counter streams are open (for this token, or in all); close one first."""
+
+    status = 429
+    code = "too_many_streams"
 
 
 class UnsupportedMediaType(CouponError):

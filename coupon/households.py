@@ -3,14 +3,24 @@ ones) and status changes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from coupon import db, errors
 
 IMPORT_COLUMNS = ("national_id", "province", "members", "decile")
 MAX_LINE_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 4 * 1024  # the header names at most five columns
+# rejected lines an answer lists (all of them are counted by reason, and can be streamed)
+FIRST_REJECTIONS = 1000
+# rejections per chunk when every one is streamed
+_STREAM_CHUNK = 5000
+
+# writes one chunk of the answer's body
+Sink = Callable[[bytes], Awaitable[None]]
 # where the import stages its lines: a schema of its own, so the service's role needs no
 # CREATE on the public schema (see schema.sql)
 STAGING_SCHEMA = "coupon_staging"
@@ -20,10 +30,20 @@ STAGING_SCHEMA = "coupon_staging"
 class ImportResult:
     imported: int = 0
     updated: int = 0
-    rejected: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # the first ones only
+    rejected_count: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
-    def as_response(self) -> dict[str, Any]:
-        return {"imported": self.imported, "updated": self.updated, "rejected": self.rejected}
+    def as_response(self, with_rejected: bool = True) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "imported": self.imported,
+            "updated": self.updated,
+            "rejected_count": self.rejected_count,
+            "rejected_by_reason": self.rejected_by_reason,
+        }
+        if with_rejected:
+            answer["rejected"] = self.rejected
+        return answer
 
 
 class CsvFormatError(errors.InvalidRequest):
@@ -81,12 +101,18 @@ class CopyStream:
         self._pending = b""
 
     async def read_header(self) -> Header:
-        buffer = b""
+        parts: list[bytes] = []
+        size = 0
         async for block in self._blocks:
             self.bytes_read += len(block)
-            buffer += block
-            if b"\n" in buffer:
+            parts.append(block)
+            size += len(block)
+            if b"\n" in block or size > MAX_HEADER_BYTES:
                 break
+        buffer = b"".join(parts)
+        end = buffer.find(b"\n")
+        if end > MAX_HEADER_BYTES or (end < 0 and size > MAX_HEADER_BYTES):
+            raise CsvFormatError(f"the header line is longer than {MAX_HEADER_BYTES} bytes")
         line, _, rest = buffer.partition(b"\n")
         self.header = parse_header(line)
         self._pending = rest
@@ -124,11 +150,15 @@ def _copy_text(data: bytes) -> bytes:
     )
 
 
-async def import_csv(conn: db.Connection, blocks: AsyncIterator[bytes]) -> ImportResult:
+async def import_csv(
+    conn: db.Connection, blocks: AsyncIterator[bytes], every_rejection: Sink | None = None
+) -> ImportResult:
     """Import households from CSV bytes in one transaction: every good row, or nothing.
 
     PostgreSQL does the per-row work (split, validate, upsert) set-based; Python only moves
-    bytes, so millions of rows import at the speed of the database."""
+    bytes, so millions of rows import at the speed of the database. The result lists the first
+    FIRST_REJECTIONS rejected lines and counts them all by reason; every_rejection, when given,
+    gets every one of them as JSON array elements, a chunk at a time, before the commit."""
     stream = CopyStream(blocks)
     header = await stream.read_header()
     async with conn.transaction():
@@ -163,8 +193,8 @@ async def import_csv(conn: db.Connection, blocks: AsyncIterator[bytes]) -> Impor
             )
             assert counts is not None
             present = counts["present"]
-        rejected = await conn.fetch(db.q("import_rejections"), timeout=db.BULK_TIMEOUT)
-        good = lines - len(rejected)
+        by_reason = await _rejection_counts(conn)
+        good = lines - sum(by_reason.values())
         inserted = 0
         if good > present:
             insert = "insert_first_households" if empty else "insert_new_households"
@@ -173,9 +203,36 @@ async def import_csv(conn: db.Connection, blocks: AsyncIterator[bytes]) -> Impor
         # show a repeat are the later lines looked for, to report them (a hash over every row).
         if inserted + present < good:
             await conn.execute(db.q("reject_import_duplicates"), timeout=db.BULK_TIMEOUT)
-            rejected = await conn.fetch(db.q("import_rejections"), timeout=db.BULK_TIMEOUT)
+            by_reason = await _rejection_counts(conn)
+        first = await conn.fetch(
+            db.q("import_rejections"), FIRST_REJECTIONS, timeout=db.BULK_TIMEOUT
+        )
+        if every_rejection is not None and by_reason:
+            await _stream_rejections(conn, every_rejection)
         await conn.execute(db.q("drop_import_tables"))
-    return ImportResult(inserted, present, [dict(r) for r in rejected])
+    return ImportResult(
+        inserted, present, [dict(r) for r in first], sum(by_reason.values()), by_reason
+    )
+
+
+async def _rejection_counts(conn: db.Connection) -> dict[str, int]:
+    rows = await conn.fetch(db.q("import_rejection_counts"), timeout=db.BULK_TIMEOUT)
+    return {r["reason"]: r["lines"] for r in rows}
+
+
+async def _stream_rejections(conn: db.Connection, sink: Sink) -> None:
+    """Every rejected line as JSON array elements, comma-separated, a chunk at a time: no
+    more than one chunk is ever in memory (the cursor closes once it is read through)."""
+    chunk: list[bytes] = []
+    separator = b""
+    query = db.q("import_rejections")
+    async for r in conn.cursor(query, None, prefetch=_STREAM_CHUNK, timeout=db.BULK_TIMEOUT):
+        chunk.append(orjson.dumps({"line": r["line"], "error": r["error"]}))
+        if len(chunk) == _STREAM_CHUNK:
+            await sink(separator + b",".join(chunk))
+            chunk, separator = [], b","
+    if chunk:
+        await sink(separator + b",".join(chunk))
 
 
 def _row_count(status: str) -> int:

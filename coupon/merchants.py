@@ -6,7 +6,8 @@ import secrets
 from typing import Any
 
 from coupon import db, errors
-from coupon.models import Merchant, MerchantCreate, Terminal, TerminalCreated
+from coupon.keyring import Keyring
+from coupon.models import Merchant, MerchantCreate, SecretRotated, Terminal, TerminalCreated
 
 SECRET_BYTES = 32
 
@@ -26,13 +27,65 @@ async def set_merchant_status(conn: db.Connection, merchant_id: int, status: str
     return Merchant.model_validate(dict(row))
 
 
-async def create_terminal(conn: db.Connection, merchant_id: int) -> TerminalCreated:
-    """A new terminal with a fresh secret; this is the only time the secret is returned."""
+async def create_terminal(
+    conn: db.Connection, merchant_id: int, keyring: Keyring
+) -> TerminalCreated:
+    """A new terminal with a fresh secret, stored encrypted; this is the only time the secret
+    is returned."""
     secret = secrets.token_hex(SECRET_BYTES)
-    terminal_id = await conn.fetchval(db.q("insert_terminal"), merchant_id, secret)
-    if terminal_id is None:
-        raise errors.MerchantNotFound()
+    async with conn.transaction():
+        terminal_id = await conn.fetchval(db.q("next_terminal_id"))
+        box = keyring.seal(terminal_id, secret)
+        if await conn.fetchval(db.q("insert_terminal"), merchant_id, box, terminal_id) is None:
+            raise errors.MerchantNotFound()
+        await conn.fetchval(db.q("terminal_keys_changed"))
     return TerminalCreated(terminal_id=terminal_id, secret=secret)
+
+
+async def rotate_secret(
+    conn: db.Connection, terminal_id: int, keyring: Keyring, overlap: float
+) -> SecretRotated:
+    """A terminal's new secret; the old one still verifies for `overlap` seconds."""
+    secret = secrets.token_hex(SECRET_BYTES)
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            db.q("rotate_terminal_secret"), terminal_id, keyring.seal(terminal_id, secret), overlap
+        )
+        if row is None:
+            raise errors.TerminalNotFound()
+        await conn.fetchval(db.q("terminal_keys_changed"))
+    return SecretRotated(
+        terminal_id=terminal_id, secret=secret, previous_valid_until=row["previous_until"]
+    )
+
+
+async def encrypt_plain_secrets(conn: db.Connection, keyring: Keyring) -> int:
+    """Encrypt the secrets older versions stored in plain text; returns how many."""
+    rows = await conn.fetch(db.q("plain_terminal_secrets"))
+    for r in rows:
+        await conn.execute(
+            db.q("encrypt_terminal_secret"), r["id"], keyring.seal(r["id"], r["secret"])
+        )
+    if rows:
+        await conn.fetchval(db.q("terminal_keys_changed"))
+    return len(rows)
+
+
+async def rewrap_secrets(conn: db.Connection, keyring: Keyring) -> int:
+    """Re-encrypt every secret not yet under the keyring's current key; returns how many."""
+    done = 0
+    for r in await conn.fetch(db.q("terminal_boxes")):
+        boxes = [r["secret_box"], r["previous_box"]]
+        if all(b is None or keyring.key_of(b) == keyring.current for b in boxes):
+            continue
+        current, previous = (
+            None if b is None else keyring.seal(r["id"], keyring.open(r["id"], b)) for b in boxes
+        )
+        await conn.execute(
+            db.q("rewrap_terminal_secret"), r["id"], r["secret_box"], current, previous
+        )
+        done += 1
+    return done
 
 
 async def set_terminal_status(conn: db.Connection, terminal_id: int, status: str) -> Terminal:

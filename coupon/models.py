@@ -43,6 +43,22 @@ Rials = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True)]
 ProvinceCode = Annotated[str, StringConstraints(pattern=r"^IR-[0-9]{2}$")]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
+# bidirectional controls (LRE..RLO, LRI..PDI) make a name display as other text than it is
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _no_bidi(value: str) -> str:
+    if _BIDI.search(value):
+        raise ValueError("names must not contain bidirectional control characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
+    AfterValidator(_no_bidi),
+]
+
 
 def _iso_text(value: object) -> object:
     # pydantic would also read 1700000000 or "0.5" as seconds since the epoch
@@ -95,7 +111,14 @@ class ImportRejection(BaseModel):
 class ImportResponse(BaseModel):
     imported: int
     updated: int
+    # the first 1,000 rejected lines (?rejections=all: every one, streamed)
     rejected: list[ImportRejection]
+    rejected_count: int
+    rejected_by_reason: dict[str, int]  # the reason's text with its numbers as N -> lines
+
+
+class ImportQuery(Model):
+    rejections: Literal["first", "all"] = "first"
 
 
 class StatusChange(Model):
@@ -117,7 +140,7 @@ class Band(Model):
 
 
 class TrancheCreate(Model):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: Name
     bands: Annotated[list[Band], Field(min_length=1, max_length=10)]
     starts_at: Timestamp
     ends_at: Timestamp
@@ -170,7 +193,7 @@ class TrancheList(BaseModel):
 
 
 class MerchantCreate(Model):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: Name
     province: ProvinceCode
 
 
@@ -188,6 +211,17 @@ class Merchant(BaseModel):
 class TerminalCreated(BaseModel):
     terminal_id: int
     secret: str
+
+
+class SecretRotation(Model):
+    # seconds the previous secret keeps verifying: terminals switch over meanwhile
+    overlap_seconds: Annotated[int, Field(ge=0, le=7 * 86400, strict=True)] = 3600
+
+
+class SecretRotated(BaseModel):
+    terminal_id: int
+    secret: str
+    previous_valid_until: dt.datetime
 
 
 class Terminal(BaseModel):
@@ -392,6 +426,16 @@ class Verification(BaseModel):
     head_seq: int
     first_bad_seq: int | None
     reason: str | None
+
+
+class LedgerKey(BaseModel):
+    public_key: str  # raw Ed25519 public key, hex
+    pem: str
+    signs: bool  # this process signs new heads with it (false: a retired key)
+
+
+class LedgerKeys(BaseModel):
+    keys: list[LedgerKey]
 
 
 class MerchantSettlement(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 from coupon import db
 
@@ -15,11 +16,26 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def create_token(conn: db.Connection, role: str, name: str = "") -> str:
-    """A new token of one role; the caller shows it once."""
+# a token lives this long unless told otherwise: none lives forever
+DEFAULT_LIFETIME_DAYS = 90
+
+
+async def create_token(
+    conn: db.Connection, role: str, name: str = "", days: float = DEFAULT_LIFETIME_DAYS
+) -> str:
+    """A new token of one role, valid for `days`; the caller shows it once."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    await conn.execute(db.q("create_token"), token_hash(token), role, name)
+    await conn.execute(db.q("create_token"), token_hash(token), role, name, days * 86400.0)
     return token
+
+
+async def list_tokens(conn: db.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(db.q("list_tokens"))]
+
+
+async def revoke(conn: db.Connection, token_id: int) -> bool:
+    """Revoke a token: refused by every process from its next request on."""
+    return await conn.fetchval(db.q("revoke_token"), token_id) is not None
 
 
 async def role_of(conn: db.Connection, token: str) -> str | None:

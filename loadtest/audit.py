@@ -14,12 +14,16 @@ import time
 from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coupon import audit
+from coupon import audit, signing
 from coupon.config import Settings
 from coupon.models import LedgerFilters
 from loadtest import redeem
 from loadtest.common import bench_database, print_result
+
+# the bench's own signing key: its ledgers live as long as the run
+KEYS = signing.SealKeys(Ed25519PrivateKey.generate())
 
 GENERATE = """
 INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province,
@@ -76,7 +80,7 @@ async def at_scale(rows: int) -> dict[str, Any]:
             out["generate_s"] = round(time.perf_counter() - started, 1)
 
             started = time.perf_counter()
-            sealed = await audit.seal(conn)
+            sealed = await audit.seal(conn, KEYS)
             seal_s = time.perf_counter() - started
             out["seal_rows_per_s"] = round(sealed / seal_s)
 
@@ -119,7 +123,7 @@ async def at_scale(rows: int) -> dict[str, Any]:
             out["csv_rows_per_s"] = round((written - 1) / csv_s)
 
             started = time.perf_counter()
-            result = await audit.verify(conn)
+            result = await audit.verify(conn, KEYS)
             verify_s = time.perf_counter() - started
             assert result.ok, result
             out["verify_rows_per_s"] = round(result.entries / verify_s)
@@ -138,7 +142,7 @@ async def sealing_cost(seconds: float, rounds: int = 4) -> dict[str, Any]:
         try:
             for _ in range(rounds):
                 for side in ("without", "with"):
-                    await audit.seal(sealer_conn)
+                    await audit.seal(sealer_conn, KEYS)
                     task = asyncio.create_task(sealer(sealer_conn)) if side == "with" else None
                     result = await redeem.db_loop(dsn, ids, terminals, 8, seconds / rounds)
                     if task:
@@ -156,7 +160,7 @@ async def sealing_cost(seconds: float, rounds: int = 4) -> dict[str, Any]:
 async def sealer(conn: asyncpg.Connection) -> None:
     while True:
         await asyncio.sleep(Settings().seal_interval)
-        await audit.seal(conn)
+        await audit.seal(conn, KEYS)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import asyncpg
 import orjson
 
 from coupon import auth, demo, national_id
+from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.models import RedemptionRequest
 from coupon.provinces import iran_provinces
 from coupon.redemption import body_hash
@@ -52,7 +54,13 @@ async def seed(dsn: str, n_households: int, n_terminals: int) -> tuple[list[str]
     conn = await asyncpg.connect(dsn)
     try:
         made = await demo.seed_programme(
-            conn, rows, [codes[i % 31] for i in range(n_terminals)], name="bench", up_to_decile=7
+            conn,
+            rows,
+            [codes[i % 31] for i in range(n_terminals)],
+            # the key file of the servers the bench starts (same directory, same settings)
+            keyring=Keyring.from_settings(Settings()),
+            name="bench",
+            up_to_decile=7,
         )
     finally:
         await conn.close()

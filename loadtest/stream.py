@@ -235,6 +235,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             **os.environ,
             "DATABASE_URL": service_dsn(dsn),
             "COUPON_LOG_LEVEL": "warning",
+            # every stream of the bench shares one token
+            "COUPON_MAX_STREAMS_PER_TOKEN": "100000",
+            "COUPON_MAX_STREAMS": "100000",
+            "COUPON_MAX_CONNECTIONS_PER_CLIENT": "100000",
             "COUPON_POOL_MAX_SIZE": str(max(4, 2 * args.http_clients // args.workers)),
         }
         server = await asyncio.create_subprocess_exec(

@@ -27,6 +27,8 @@ import asyncpg
 import orjson
 
 from coupon import auth, demo, national_id
+from coupon.config import Settings
+from coupon.keyring import Keyring
 
 MIX = {"redeem": 0.90, "balance": 0.04, "reverse": 0.03, "retry": 0.03}
 
@@ -68,7 +70,14 @@ async def seed(dsn: str, n_households: int, n_terminals: int, rng_seed: int = 5)
     ]
     conn = await asyncpg.connect(dsn)
     try:
-        made = await demo.seed_programme(conn, rows, provinces, name="bench", up_to_decile=7)
+        made = await demo.seed_programme(
+            conn,
+            rows,
+            provinces,
+            keyring=Keyring.from_settings(Settings()),
+            name="bench",
+            up_to_decile=7,
+        )
     finally:
         await conn.close()
     terminals = [Terminal(c.terminal_id, c.secret, province) for province, c in made]

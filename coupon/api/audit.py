@@ -6,12 +6,13 @@ import datetime as dt
 
 from aiohttp import web
 
-from coupon import audit, errors
+from coupon import audit, errors, signing
 from coupon.api import keys
 from coupon.api.common import json_response
 from coupon.api.guard import query_of
 from coupon.models import (
     LedgerFilters,
+    LedgerKeys,
     LedgerPage,
     LedgerQuery,
     Settlement,
@@ -50,7 +51,7 @@ async def verify_ledger(request: web.Request) -> web.Response:
     expected = query_of(request, VerifyQuery).head
     head = bytes.fromhex(expected) if expected is not None else None
     async with request.app[keys.POOL].acquire() as conn:
-        result = await audit.verify(conn, head)
+        result = await audit.verify(conn, request.app[keys.SEAL_KEYS], head)
     return json_response(result)
 
 
@@ -71,3 +72,12 @@ async def get_settlement(request: web.Request) -> web.Response:
     async with request.app[keys.POOL].acquire() as conn:
         merchants = await audit.settlement(conn, day)
     return json_response(Settlement.model_validate({"date": day, "merchants": merchants}))
+
+
+async def get_ledger_keys(request: web.Request) -> web.Response:
+    seal_keys = request.app[keys.SEAL_KEYS]
+    published = [
+        {"public_key": raw.hex(), "pem": signing.public_pem(raw), "signs": raw == seal_keys.signer}
+        for raw in seal_keys.trusted
+    ]
+    return json_response(LedgerKeys.model_validate({"keys": published}))

@@ -5,6 +5,7 @@ validated inputs with query_of/body_of/terminal_of."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
@@ -71,11 +72,15 @@ def terminal_of(request: web.Request) -> auth.SignedRequest:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body, within the app's client_max_size (413 past it)."""
+    """The whole body, within the app's client_max_size (413 past it) and the body timeout
+    (408 past it)."""
     try:
-        return await request.read()
+        async with asyncio.timeout(request.app[keys.SETTINGS].body_timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.PayloadTooLarge() from None
+    except TimeoutError:
+        raise errors.RequestTimeout() from None
 
 
 async def _verify_terminal(request: web.Request) -> bytes:
@@ -98,9 +103,13 @@ async def _verify_terminal(request: web.Request) -> bytes:
 
 def _bearer_token(request: web.Request, query_token: bool) -> str | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.query.get("access_token") if query_token else None
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if not token and query_token:
+        token = request.query.get("access_token", "")
+    # tokens are printable ASCII; other bytes (undecodable ones too) name no token
+    if token and not (token.isascii() and token.isprintable()):
+        raise errors.Unauthorized("unknown token")
+    return token or None
 
 
 async def _check_role(request: web.Request, roles: tuple[str, ...], query_token: bool) -> None:
@@ -113,5 +122,6 @@ async def _check_role(request: web.Request, roles: tuple[str, ...], query_token:
     if role is None:
         raise errors.Unauthorized("unknown token")
     request[keys.LOG]["role"] = role
+    request[keys.TOKEN] = tokens.token_hash(token).hex()
     if role not in roles:
         raise errors.Forbidden(f"this endpoint needs the role {' or '.join(roles)}")

@@ -49,7 +49,7 @@ async def serve(request: web.Request, handler: keys.Handler) -> web.StreamRespon
     as {"error": {code, message, details}}, bugs as a 500 with an incident id; and one JSON
     line per request: route, status, latency, who; never a secret or a full id."""
     started = time.perf_counter()
-    fields: dict[str, object] = {}
+    fields: dict[str, object] = {"client": request.app[keys.CLIENTS].address(request)}
     request[keys.LOG] = fields
     status = 500
     try:

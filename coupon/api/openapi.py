@@ -147,6 +147,8 @@ def _responses(route: Route) -> dict[str, Any]:
             responses[str(status)]["headers"] = _REPLAYED
     for status in _ERRORS.get(route.auth, ()):
         responses.setdefault(str(status), {"description": "error", **_content(ErrorBody)})
+    if route.body is not None:  # a body that stops arriving
+        responses.setdefault("408", {"description": "error", **_content(ErrorBody)})
     if route.database:
         responses.setdefault(
             "503",

@@ -8,7 +8,7 @@ import contextlib
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from coupon import counters, errors
+from coupon import counters, errors, live
 from coupon.api import keys
 from coupon.api.common import json_response
 from coupon.api.guard import query_of
@@ -43,6 +43,18 @@ async def stream_stats(request: web.Request) -> web.StreamResponse:
     if keys.LIVE not in request.app:
         raise errors.ServiceUnavailable("live counters are off in this process")
     hub = request.app[keys.LIVE]
+    slots, token = request.app[keys.STREAMS], request[keys.TOKEN]
+    if not slots.take(token):
+        raise errors.TooManyStreams()
+    try:
+        return await _stream(request, hub, tranche_id)
+    finally:
+        slots.give_back(token)
+
+
+async def _stream(
+    request: web.Request, hub: live.Hub, tranche_id: int | None
+) -> web.StreamResponse:
     # errors (unknown tranche, database down) answer as JSON: the stream has not started yet
     subscription, snapshot = await hub.subscribe(tranche_id)
     gauge = request.app[keys.METRICS].stream_clients

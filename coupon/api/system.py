@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coupon import db
+from coupon import db, errors
 from coupon.api import keys
 from coupon.api.common import json_response
 
@@ -20,6 +20,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    clients = request.app[keys.CLIENTS]
+    if not clients.may_scrape(request, clients.address(request)):
+        raise errors.Forbidden("metrics are served to COUPON_METRICS_NETWORKS or with its token")
     body = generate_latest(request.app[keys.METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -31,12 +31,25 @@ SELECT version, name, checksum, applied_at, applied_as FROM schema_migrations OR
 INSERT INTO schema_migrations (version, name, checksum, applied_as) VALUES ($1, $2, $3, $4);
 
 -- name: create_token
--- Store a new API token by its SHA-256 hash; the token itself is never stored.
-INSERT INTO api_tokens (token_hash, role, name) VALUES ($1, $2, $3) RETURNING id;
+-- Store a new API token by its SHA-256 hash, valid for $4 seconds; the token itself is never
+-- stored.
+INSERT INTO api_tokens (token_hash, role, name, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+RETURNING id, expires_at;
 
 -- name: find_token_role
--- The role of the token with this hash, if any.
-SELECT role FROM api_tokens WHERE token_hash = $1;
+-- The role of the token with this hash, if it is neither expired nor revoked (read on every
+-- request: a revocation holds in every process at once).
+SELECT role FROM api_tokens
+WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now();
+
+-- name: list_tokens
+-- Every token (never the token itself), newest first.
+SELECT id, role, name, created_at, expires_at, revoked_at FROM api_tokens ORDER BY id DESC;
+
+-- name: revoke_token
+-- Revoke a token by id; returns nothing when no live token has it.
+UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
 
 -- name: lock_household_import
 -- One import at a time: the insert below relies on nobody else inserting households meanwhile.
@@ -166,8 +179,15 @@ FROM firsts f
 WHERE r.national_id = f.national_id AND r.line_no > f.first_line AND r.error IS NULL;
 
 -- name: import_rejections
--- Every rejected line with its reason, in file order.
-SELECT line_no AS line, error FROM coupon_staging.import_rows WHERE error IS NOT NULL ORDER BY line_no;
+-- The rejected lines with their reasons, in file order: the first $1 (null: all).
+SELECT line_no AS line, error FROM coupon_staging.import_rows WHERE error IS NOT NULL
+ORDER BY line_no LIMIT $1;
+
+-- name: import_rejection_counts
+-- How many lines were rejected, by reason (the reason's text with its numbers as N).
+SELECT regexp_replace(error, '[0-9]+', 'N', 'g') AS reason, count(*) AS lines
+FROM coupon_staging.import_rows WHERE error IS NOT NULL
+GROUP BY 1 ORDER BY 2 DESC, 1;
 
 -- name: drop_import_tables
 -- The import's staging tables, at the end of its transaction (see create_import_lines).
@@ -274,19 +294,60 @@ INSERT INTO merchants (name, province) VALUES ($1, $2) RETURNING id;
 -- Suspend or reactivate a store.
 UPDATE merchants SET status = $2 WHERE id = $1 RETURNING id, name, province, status;
 
+-- name: next_terminal_id
+-- The id a new terminal gets (its secret is encrypted bound to it before the row exists).
+SELECT nextval(pg_get_serial_sequence('terminals', 'id'));
+
 -- name: insert_terminal
--- Register a POS terminal of an existing store with its HMAC secret.
-INSERT INTO terminals (merchant_id, secret)
-SELECT id, $2 FROM merchants WHERE id = $1
+-- Register a POS terminal of an existing store with its encrypted HMAC secret.
+INSERT INTO terminals (id, merchant_id, secret_box) OVERRIDING SYSTEM VALUE
+SELECT $3, id, $2 FROM merchants WHERE id = $1
 RETURNING id;
+
+-- name: terminal_keys_changed
+-- Say that a terminal's secret was made or changed (see terminal_key_changes_seq).
+SELECT nextval('terminal_key_changes_seq');
+
+-- name: terminal_keys_version
+-- How many times terminal secrets were made or changed (0: never).
+SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM terminal_key_changes_seq;
+
+-- name: rotate_terminal_secret
+-- A terminal's new secret; the one it replaces verifies for $3 more seconds.
+UPDATE terminals
+SET previous_box = secret_box, previous_until = now() + make_interval(secs => $3),
+    secret_box = $2
+WHERE id = $1
+RETURNING id, previous_until;
+
+-- name: plain_terminal_secrets
+-- Secrets still in plain text (stored by versions before 0.3).
+SELECT id, secret FROM terminals WHERE secret IS NOT NULL ORDER BY id;
+
+-- name: encrypt_terminal_secret
+-- A plain-text secret replaced by its encrypted form.
+UPDATE terminals SET secret_box = $2, secret = NULL WHERE id = $1 AND secret IS NOT NULL;
+
+-- name: terminal_boxes
+-- Every terminal's encrypted secrets, to re-encrypt them under a new key.
+SELECT id, secret_box, previous_box FROM terminals WHERE secret_box IS NOT NULL ORDER BY id;
+
+-- name: rewrap_terminal_secret
+-- One terminal's secrets re-encrypted, unless they changed meanwhile.
+UPDATE terminals SET secret_box = $3, previous_box = $4
+WHERE id = $1 AND secret_box = $2;
 
 -- name: set_terminal_status
 -- Suspend or reactivate a POS terminal.
 UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status;
 
 -- name: terminal_secret
--- The HMAC secret of a terminal, to verify its signatures.
-SELECT secret FROM terminals WHERE id = $1;
+-- The encrypted HMAC secrets of a terminal, to verify its signatures: the current one, and the
+-- one a rotation replaced while it still verifies.
+SELECT secret_box,
+       CASE WHEN previous_until > now() THEN previous_box END AS previous_box,
+       previous_until
+FROM terminals WHERE id = $1;
 
 -- name: redeem_many
 -- Group commit: many redemptions, one round trip, one transaction (SQL function redeem_many()).
@@ -411,8 +472,34 @@ SELECT pg_advisory_xact_lock(7365626, 2), coalesce(max(seq), 0) AS horizon FROM 
 SELECT pg_advisory_xact_lock(7365626, 3);
 
 -- name: last_block
--- The chain's current head.
-SELECT block_no, last_seq, hash FROM ledger_blocks ORDER BY block_no DESC LIMIT 1;
+-- The chain's current head, and whether it is signed.
+SELECT block_no, last_seq, hash,
+       EXISTS (SELECT FROM ledger_block_signatures s WHERE s.block_no = b.block_no) AS signed
+FROM ledger_blocks b ORDER BY block_no DESC LIMIT 1;
+
+-- name: unsigned_blocks
+-- Blocks sealed before heads were signed, oldest first.
+SELECT b.block_no, b.last_seq, b.hash
+FROM ledger_blocks b
+WHERE NOT EXISTS (SELECT FROM ledger_block_signatures s WHERE s.block_no = b.block_no)
+ORDER BY b.block_no;
+
+-- name: sign_block
+-- A block's head signature.
+INSERT INTO ledger_block_signatures (block_no, signer, signature) VALUES ($1, $2, $3);
+
+-- name: block_heads
+-- Every block's head and signature, in chain order (NULLs: unsigned).
+SELECT b.block_no, b.first_seq, b.last_seq, b.entries, b.prev_hash, b.hash, s.signer,
+       s.signature
+FROM ledger_blocks b LEFT JOIN ledger_block_signatures s ON s.block_no = b.block_no
+ORDER BY b.block_no;
+
+-- name: export_rows
+-- Every sealed ledger row, with all its digest's fields, in seq order (up to a head).
+SELECT seq, kind, request_id, terminal_id, merchant_id, national_id, province, tranche_id,
+       amount, reverses, created_at
+FROM ledger WHERE seq <= $1 ORDER BY seq;
 
 -- name: seal_rows
 -- Digest the rows (after, up to] into a new block's seals; at most $4 rows per block.
@@ -474,6 +561,55 @@ WHERE l.seq IS NULL OR s.seq IS NULL
 -- name: count_ledger
 -- How many entries the ledger holds.
 SELECT count(*) FROM ledger;
+
+-- name: unanswered_ledger_row
+-- The first ledger row without exactly one stored terminal answer that made it (same terminal,
+-- request id, amount and, for a redemption, store), or the first answer whose row is missing:
+-- rows enter the ledger only as answers to signed terminal requests.
+SELECT coalesce(l.seq, a.entry_id) AS seq, l.seq IS NULL AS missing
+FROM ledger l
+FULL JOIN (SELECT * FROM terminal_requests WHERE entry_id IS NOT NULL) a
+       ON a.entry_id = l.seq AND a.terminal_id = l.terminal_id AND a.request_id = l.request_id
+      AND a.amount = l.amount
+      AND a.outcome = CASE l.kind WHEN 'redemption' THEN 'approved' ELSE 'reversed' END
+      AND (l.kind = 'reversal' OR a.merchant_id = l.merchant_id)
+WHERE l.seq IS NULL OR a.entry_id IS NULL
+ORDER BY 1, 2
+LIMIT 1;
+
+-- name: unbalanced_entitlement
+-- The first household and tranche whose credit spent (credit + carried in - carried out -
+-- remaining) is not what the ledger says it redeemed net of reversals.
+SELECT coalesce(e.national_id, l.national_id) AS national_id,
+       coalesce(e.tranche_id, l.tranche_id) AS tranche_id,
+       e.spent, coalesce(l.net, 0)::bigint AS net
+FROM (SELECT national_id, tranche_id, credit + carried_in - carried_out - balance AS spent
+      FROM entitlements) e
+FULL JOIN (SELECT national_id, tranche_id,
+                  sum(CASE kind WHEN 'redemption' THEN amount ELSE -amount END) AS net
+           FROM ledger GROUP BY national_id, tranche_id) l
+       ON l.national_id = e.national_id AND l.tranche_id = e.tranche_id
+WHERE e.spent IS DISTINCT FROM coalesce(l.net, 0)
+ORDER BY 1, 2
+LIMIT 1;
+
+-- name: unbalanced_settlement
+-- The first store whose settlement (the ledger's rows of it, as the settlement report sums
+-- them) differs from what its terminals were answered: approved minus reversed.
+SELECT coalesce(s.merchant_id, a.merchant_id) AS merchant_id,
+       coalesce(s.net, 0)::bigint AS settled, coalesce(a.net, 0)::bigint AS answered
+FROM (SELECT m.id AS merchant_id,
+             sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END) AS net
+      FROM ledger l JOIN merchants m ON m.id = l.merchant_id GROUP BY m.id) s
+FULL JOIN (SELECT t.merchant_id,
+                  sum(CASE r.outcome WHEN 'approved' THEN r.amount ELSE -r.amount END) AS net
+           FROM terminal_requests r JOIN terminals t ON t.id = r.terminal_id
+           WHERE r.outcome IN ('approved', 'reversed')
+           GROUP BY t.merchant_id) a
+       ON a.merchant_id = s.merchant_id
+WHERE coalesce(s.net, 0) <> coalesce(a.net, 0)
+ORDER BY 1
+LIMIT 1;
 
 -- name: block_with_hash
 -- Whether the chain still holds a block an auditor recorded.

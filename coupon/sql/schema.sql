@@ -148,11 +148,18 @@ CREATE TABLE merchants (
 CREATE TABLE terminals (
     id          bigint GENERATED ALWAYS AS IDENTITY (START WITH 1001) PRIMARY KEY,
     merchant_id bigint NOT NULL CONSTRAINT terminals_merchant_id_fkey REFERENCES merchants (id),
-    -- the HMAC key itself: verifying a signature needs it. Never returned after creation.
-    secret      text NOT NULL CONSTRAINT terminals_secret_check CHECK (length(secret) >= 32),
+    -- a secret as versions before 0.3 stored it, in plain text: the service encrypts it into
+    -- secret_box and clears it when it starts
+    secret      text CONSTRAINT terminals_secret_check CHECK (length(secret) >= 32),
     status      text NOT NULL DEFAULT 'active'
         CONSTRAINT terminals_status_check CHECK (status IN ('active', 'suspended')),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the HMAC key, encrypted under a key kept outside the database (coupon/keyring.py); never
+    -- returned after creation or rotation
+    secret_box     bytea,
+    -- after a rotation, the previous secret still verifies until previous_until
+    previous_box   bytea,
+    previous_until timestamptz
 );
 CREATE INDEX terminals_merchant_id_idx ON terminals (merchant_id);
 
@@ -161,8 +168,15 @@ CREATE TABLE api_tokens (
     token_hash bytea NOT NULL CONSTRAINT api_tokens_token_hash_key UNIQUE,
     role       text NOT NULL CONSTRAINT api_tokens_role_check CHECK (role IN ('operator', 'auditor')),
     name       text NOT NULL DEFAULT '',
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- a token works until it expires or is revoked, whichever comes first
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz
 );
+
+-- Drawn from whenever a terminal's secret is made or changes: every process polls it and
+-- forgets the secrets it cached when it moved.
+CREATE SEQUENCE terminal_key_changes_seq;
 
 -- Nonces seen per terminal; kept a little longer than the 300 s clock window, then pruned.
 CREATE TABLE terminal_nonces (
@@ -299,6 +313,18 @@ CREATE TABLE ledger_blocks (
     CONSTRAINT ledger_blocks_range_check CHECK (first_seq <= last_seq)
 );
 
+-- Each block's head signed with the sealer's Ed25519 key, which lives outside the database
+-- (coupon/signing.py): whoever can write the database, a superuser too, cannot sign a
+-- rewritten chain. signer is the raw public key; verification trusts only keys it is given.
+CREATE TABLE ledger_block_signatures (
+    block_no  bigint PRIMARY KEY,
+    signer    bytea NOT NULL
+        CONSTRAINT ledger_block_signatures_signer_check CHECK (octet_length(signer) = 32),
+    signature bytea NOT NULL
+        CONSTRAINT ledger_block_signatures_signature_check CHECK (octet_length(signature) = 64),
+    signed_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Autovacuum of the tables every redemption writes: inserts vacuumed and tables analysed every
 -- million rows, not every 10-20 % of their size, so that each run stays a short job at any size
 -- (the terminal path's plans do not follow the statistics: key probes only, below). Dead rows
@@ -335,7 +361,8 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'ledger_blocks'] LOOP
+    FOREACH t IN ARRAY ARRAY['ledger', 'ledger_seals', 'ledger_blocks',
+                             'ledger_block_signatures'] LOOP
         IF NOT EXISTS (SELECT FROM pg_trigger
                        WHERE tgname = t || '_append_only' AND tgrelid = t::regclass) THEN
             EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I '
@@ -358,10 +385,13 @@ CREATE SCHEMA coupon_staging;
 GRANT USAGE, CREATE ON SCHEMA coupon_staging TO coupon_writer;
 GRANT USAGE ON SCHEMA public TO coupon_writer, coupon_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO coupon_reader;
+-- auditors see which terminals exist, never their secrets (encrypted or not)
+REVOKE SELECT ON terminals FROM coupon_reader;
+GRANT SELECT (id, merchant_id, status, created_at) ON terminals TO coupon_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coupon_writer;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ledger FROM coupon_writer;
-REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, schema_meta, provinces
-    FROM coupon_writer;
+REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, ledger_block_signatures,
+    schema_meta, provinces FROM coupon_writer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO coupon_writer;
 
 -- ============================================================================================
@@ -696,6 +726,7 @@ DECLARE
     hh_open    integer;
     served_in  text;
     entry      record;
+    term       record;
     v_shard    integer := pg_backend_pid() % p_shards;
 BEGIN
     replayed := false;
@@ -715,6 +746,14 @@ BEGIN
         END IF;
         outcome := prior.outcome; entry_id := prior.entry_id; amount := prior.amount;
         remaining := prior.remaining; replayed := true; RETURN;
+    END IF;
+    -- a suspended terminal or store sends no new financial message, reversals included
+    SELECT t.status AS terminal_status, m.status AS merchant_status INTO term
+    FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = p_terminal_id;
+    IF term.terminal_status <> 'active' THEN
+        outcome := 'terminal_suspended'; RETURN;
+    ELSIF term.merchant_status <> 'active' THEN
+        outcome := 'merchant_suspended'; RETURN;
     END IF;
 
     SELECT * INTO original FROM terminal_requests

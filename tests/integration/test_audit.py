@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime as dt
+import hashlib
 import io
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coupon import audit, db
+from coupon import audit, db, signing
+from coupon.api.keys import SEAL_KEYS, SETTINGS
 from tests.integration.terminal import Client, World, make_terminal, make_world
 
 
@@ -238,7 +242,7 @@ async def sealed_world(
     client: Client, operator: dict[str, str], conn: asyncpg.Connection
 ) -> list[int]:
     await busy_world(client, operator)
-    await audit.seal(conn, max_rows=6)  # several blocks
+    await audit.seal(conn, client.app[SEAL_KEYS], max_rows=6)  # several blocks
     return [r["seq"] for r in await conn.fetch("SELECT seq FROM ledger ORDER BY seq")]
 
 
@@ -260,14 +264,9 @@ async def test_a_clean_ledger_verifies(
     assert await conn.fetchval("SELECT count(*) FROM ledger_blocks") == 4  # 20 rows / 6
     # a head recorded now still verifies later, after more rows are sealed
     head = result["head"]
-    await conn.execute(
-        "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, "
-        "national_id, province, tranche_id, amount) SELECT kind, 'more', "
-        "terminal_id, merchant_id, national_id, province, tranche_id, 5 "
-        "FROM ledger WHERE seq = $1",
-        seqs[1],
-    )
-    await audit.seal(conn)
+    nid = await conn.fetchval("SELECT national_id FROM entitlements WHERE balance > 5 LIMIT 1")
+    assert (await (await make_terminal(client, operator)).redeem(nid, 5)).status == 201
+    await audit.seal(conn, client.app[SEAL_KEYS])
     later = await verify(client, auditor, f"head={head}")
     assert later["ok"] is True and later["head"] != head and later["entries"] == len(seqs) + 1
     resp = await client.get("/v1/ledger/verify?head=zz", headers=auditor)
@@ -318,7 +317,7 @@ async def test_inserting_a_row_into_sealed_history_is_detected(
     await world.terminal.redeem(nid, 1000, request_id="before")
     gap = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('ledger', 'seq'))")
     await world.terminal.redeem(nid, 1000, request_id="after")
-    await audit.seal(conn)
+    await audit.seal(conn, client.app[SEAL_KEYS])
     assert (await verify(client, auditor))["ok"] is True  # a gap is not an error
     await conn.execute(
         f"INSERT INTO ledger (seq, {COLUMNS}) OVERRIDING SYSTEM VALUE "
@@ -378,13 +377,17 @@ async def test_a_rewritten_chain_no_longer_holds_the_recorded_head(
     await sealed_world(client, operator, conn)
     recorded = (await verify(client, auditor))["head"]
     await conn.execute("SET session_replication_role = replica")
-    await conn.execute("UPDATE ledger SET amount = amount + 1 WHERE seq = 1")
-    await conn.execute("TRUNCATE ledger_seals, ledger_blocks")
+    # a redemption moved to another day's settlement: nothing else in the books says when
+    await conn.execute("UPDATE ledger SET created_at = created_at - interval '1 day' WHERE seq = 1")
+    await conn.execute("TRUNCATE ledger_seals, ledger_blocks, ledger_block_signatures")
     await conn.execute("SET session_replication_role = origin")
-    await audit.seal(conn)  # the forger re-seals everything
-    assert (await verify(client, auditor))["ok"] is True  # self-consistent...
+    forger = signing.SealKeys(Ed25519PrivateKey.generate())
+    await audit.seal(conn, forger)  # the forger re-seals everything, with a key of theirs
+    result = await verify(client, auditor)
+    assert result["ok"] is False and result["first_bad_seq"] == 1
+    assert "not signed by a trusted ledger key" in result["reason"]
     result = await verify(client, auditor, f"head={recorded}")
-    assert result["ok"] is False  # ...but not the history the auditor kept
+    assert result["ok"] is False  # nor is it the history the auditor kept
 
 
 async def test_rows_are_sealed_by_the_running_service(
@@ -515,3 +518,197 @@ async def test_each_ledger_page_query_forces_the_plan_its_comment_names(
     assert "ledger_national_id_idx" in by_household, by_household
     everything = await plan("ledger_page")
     assert "ledger_pkey" in everything and "Seq Scan" not in everything, everything
+
+
+# -- reconciliation: the ledger against the rest of the books ----------------------------------
+
+
+async def test_a_forged_row_sealed_by_the_service_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    t = world.terminal
+    assert (await t.redeem(next(iter(world.credit)), 1000)).status == 201
+    forged = await conn.fetchval(
+        "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, "
+        "province, tranche_id, amount) VALUES ('redemption', 'forged1', $1, $2, '0084575948', "
+        "'IR-15', $3, 999999) RETURNING seq",
+        t.terminal_id,
+        t.merchant_id,
+        world.tranche_id,
+    )
+    await audit.seal(conn, client.app[SEAL_KEYS])  # what the running service does within a second
+    result = await verify(client, auditor)
+    assert (result["ok"], result["first_bad_seq"]) == (False, forged)
+    assert result["head_seq"] == forged and "answers no terminal request" in result["reason"]
+
+
+async def test_credit_that_moved_outside_the_ledger_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    nid = next(iter(world.credit))
+    assert (await world.terminal.redeem(nid, 1000)).status == 201
+    await audit.seal(conn, client.app[SEAL_KEYS])
+    assert (await verify(client, auditor))["ok"] is True
+    await conn.execute(
+        "UPDATE entitlements SET balance = balance - 500000 WHERE national_id = $1", nid
+    )
+    result = await verify(client, auditor)
+    assert result["ok"] is False and result["first_bad_seq"] is None
+    assert f"household {nid} in tranche {world.tranche_id}" in result["reason"]
+
+
+async def test_a_row_moved_to_another_store_and_resealed_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    thief = await make_terminal(client, operator)
+    entry = (await world.terminal.redeem(next(iter(world.credit)), 1000)).body["redemption_id"]
+    # a superuser with the signing key pays another store: the row, its stored answer, and the
+    # whole chain resealed
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute(
+        "UPDATE ledger SET merchant_id = $1 WHERE seq = $2", thief.merchant_id, entry
+    )
+    await conn.execute(
+        "UPDATE terminal_requests SET merchant_id = $1 WHERE entry_id = $2",
+        thief.merchant_id,
+        entry,
+    )
+    await conn.execute("TRUNCATE ledger_seals, ledger_blocks, ledger_block_signatures")
+    await conn.execute("SET session_replication_role = origin")
+    await audit.seal(conn, client.app[SEAL_KEYS])  # even holding the signing key
+    result = await verify(client, auditor)
+    assert result["ok"] is False
+    assert f"merchant {world.terminal.merchant_id}: settlement 0" in result["reason"]
+
+
+async def test_an_answer_whose_row_is_gone_is_caught(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    world = await make_world(client, operator, n=2)
+    entry = (await world.terminal.redeem(next(iter(world.credit)), 1000)).body["redemption_id"]
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute("DELETE FROM ledger WHERE seq = $1", entry)  # never sealed
+    await conn.execute("SET session_replication_role = origin")
+    result = await verify(client, auditor)
+    assert result["ok"] is False and f"entry {entry}, which is missing" in result["reason"]
+
+
+# -- signed heads -------------------------------------------------------------------------------
+
+
+async def test_the_signing_key_is_published_and_lives_outside_the_database(
+    client: Client, conn: asyncpg.Connection
+) -> None:
+    resp = await client.get("/v1/ledger/keys")
+    published = (await resp.json())["keys"]
+    seal_keys = client.app[SEAL_KEYS]
+    assert seal_keys.signer is not None
+    assert [k["public_key"] for k in published if k["signs"]] == [seal_keys.signer.hex()]
+    key_file = client.app[SETTINGS].seal_key_path
+    assert signing.load_public(str(key_file)) == seal_keys.signer
+    assert key_file.stat().st_mode & 0o077 == 0  # its owner's only
+    # no table or setting of the database holds the private key
+    pem = key_file.read_bytes()
+    dump = await conn.fetchval("SELECT string_agg(t::text, '') FROM pg_settings t")
+    assert pem.split(b"\n")[1].decode() not in dump
+
+
+async def test_deleting_signatures_is_detected(
+    client: Client, operator: dict[str, str], auditor: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    seqs = await sealed_world(client, operator, conn)
+    assert (await verify(client, auditor))["ok"] is True
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute("DELETE FROM ledger_block_signatures WHERE block_no = 2")
+    await conn.execute("SET session_replication_role = origin")
+    result = await verify(client, auditor)
+    assert (result["ok"], result["first_bad_seq"]) == (False, seqs[6])
+
+
+async def export_lines(conn: asyncpg.Connection) -> list[bytes]:
+    out = io.BytesIO()
+    await audit.export(conn, out.write)
+    return out.getvalue().splitlines()
+
+
+async def test_an_export_verifies_offline_and_every_forgery_of_it_fails(
+    client: Client, operator: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    seqs = await sealed_world(client, operator, conn)
+    lines = await export_lines(conn)
+    trusted = signing.SealKeys(None, [client.app[SEAL_KEYS].signer or b""])
+    result = audit.verify_export(lines, trusted)
+    assert result.ok and result.entries == len(seqs) and result.head_seq == seqs[-1]
+
+    def edit(lines: list[bytes], seq: int, **change: Any) -> list[bytes]:
+        out = []
+        for line in lines:
+            item = orjson.loads(line)
+            if item.get("row", {}).get("seq") == seq:
+                item["row"].update(change)
+            out.append(orjson.dumps(item))
+        return out
+
+    # a row changed: its block's hash no longer holds
+    changed = audit.verify_export(edit(lines, seqs[8], amount=999_999), trusted)
+    assert (changed.ok, changed.first_bad_seq) == (False, seqs[6])
+    # the same, every hash recomputed and signed again by a key the auditor does not trust
+    forger = signing.SealKeys(Ed25519PrivateKey.generate())
+    rewritten = reseal(edit(lines, seqs[8], amount=999_999), forger)
+    both = signing.SealKeys(None, [*trusted.trusted, *forger.trusted])
+    assert audit.verify_export(rewritten, both).ok  # self-consistent...
+    forged = audit.verify_export(rewritten, trusted)
+    assert (forged.ok, forged.first_bad_seq) == (False, seqs[6])  # ...but not signed by us
+    # a row added past the last sealed head
+    extra = orjson.loads(lines[-1])
+    extra["row"]["seq"] += 1000
+    tail = audit.verify_export([*lines, orjson.dumps(extra)], trusted)
+    assert (tail.ok, tail.first_bad_seq) == (False, extra["row"]["seq"])
+
+
+def reseal(lines: list[bytes], keys: signing.SealKeys) -> list[bytes]:
+    """What a forger holding an export does: every block's hash recomputed and signed."""
+    header, items = lines[0], [orjson.loads(x) for x in lines[1:]]
+    blocks = [i["block"] for i in items if "block" in i]
+    rows = [i["row"] for i in items if "row" in i]
+    prev = audit.GENESIS
+    for b in blocks:
+        h = hashlib.sha256(prev)
+        for r in rows:
+            if b["first_seq"] <= r["seq"] <= b["last_seq"]:
+                h.update(
+                    audit.row_digest(
+                        {**r, "created_at": dt.datetime.fromisoformat(r["created_at"])}
+                    )
+                )
+        if b["hash"] != h.hexdigest():  # blocks before the change keep their real signatures
+            b["prev_hash"], b["hash"] = prev.hex(), h.hexdigest()
+            signer, signature = keys.sign(b["block_no"], b["last_seq"], h.digest())
+            b["signer"], b["signature"] = signer.hex(), signature.hex()
+        prev = h.digest()
+    return [header, *(orjson.dumps(i) for i in items)]
+
+
+async def test_audit_verify_offline_needs_no_database(
+    client: Client, operator: dict[str, str], conn: asyncpg.Connection, dsn: str, tmp_path: Any
+) -> None:
+    from tests.integration.test_cli import coupon
+
+    await sealed_world(client, operator, conn)
+    exported = tmp_path / "ledger.jsonl"
+    code, out, err = await coupon(dsn, "audit", "export", str(exported))
+    assert code == 0, err
+    signer = (client.app[SEAL_KEYS].signer or b"").hex()
+    nowhere = "postgresql://nobody@127.0.0.1:9/none"
+    code, out, err = await coupon(
+        nowhere, "audit", "verify", "--offline", str(exported), "--public-key", signer
+    )
+    assert code == 0 and '"ok": true' in out, err
+    other = signing.raw_public(Ed25519PrivateKey.generate().public_key()).hex()
+    code, out, _ = await coupon(
+        nowhere, "audit", "verify", "--offline", str(exported), "--public-key", other
+    )
+    assert code == 1 and "not signed by a trusted key" in out

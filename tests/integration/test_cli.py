@@ -12,9 +12,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coupon import cli, migrations, national_id, tokens
-from tests.conftest import ROOT
-from tests.integration.helpers import households_csv, national_ids
+from coupon import cli, households, merchants, migrations, national_id, tokens, tranches
+from coupon.config import Settings
+from coupon.keyring import Keyring
+from coupon.models import MerchantCreate, TrancheCreate
+from tests.conftest import ROOT, TEST_SHARDS
+from tests.integration.helpers import households_csv, national_ids, tranche_body
+from tests.integration.terminal import REDEEM_ONE
 
 
 async def coupon(
@@ -120,7 +124,8 @@ async def test_audit_verify_and_settlement(dsn: str, conn: asyncpg.Connection) -
         "tranche_id, amount) VALUES ('redemption', 'r1', 1, 1, '0084575948', 'IR-15', 1, 500)"
     )
     code, out, _ = await coupon(dsn, "audit", "verify", "--seal")
-    assert code == 0 and '"head_seq": 1' in out
+    # sealed, but a row no terminal was answered: a forgery
+    assert code == 1 and '"head_seq": 1' in out and '"first_bad_seq": 1' in out
     await conn.execute("SET session_replication_role = replica")
     await conn.execute("UPDATE ledger SET amount = 5000")
     code, out, _ = await coupon(dsn, "audit", "verify")
@@ -263,8 +268,10 @@ async def test_merchants_and_terminals(dsn: str, conn: asyncpg.Connection) -> No
     assert code == 0 and "shown once" in out
     secret = out.strip().splitlines()[-1]
     terminal_id = int(out.split()[1])
-    stored = await conn.fetchval("SELECT secret FROM terminals WHERE id = $1", terminal_id)
-    assert stored == secret and len(secret) == 64
+    stored = await conn.fetchrow("SELECT * FROM terminals WHERE id = $1", terminal_id)
+    # stored only encrypted, under the key file of the command's settings
+    assert stored["secret"] is None and len(secret) == 64
+    assert Keyring.from_settings(Settings()).open(terminal_id, stored["secret_box"]) == secret
     code, _, err = await coupon(dsn, "terminals", "add", "--merchant", "999999")
     assert code == 1 and "no merchant 999999" in one_line(err)
 
@@ -317,11 +324,23 @@ async def test_settlement_dates_solar_hijri_or_gregorian(
     assert code == 0 and len(out.splitlines()) == 1 and "Gregorian 2026-12-01" in err
 
 
-async def test_a_head_not_found_is_not_called_tampering(dsn: str, conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        "INSERT INTO ledger (kind, request_id, terminal_id, merchant_id, national_id, province, "
-        "tranche_id, amount) VALUES ('redemption', 'r1', 1, 1, '0084575948', 'IR-15', 1, 500)"
+async def one_redemption(conn: asyncpg.Connection) -> None:
+    """A household, a tranche, a store and one redemption through the terminal function."""
+    nid = national_ids(1)[0]
+    csv_text = households_csv([(nid, "IR-15", 2, 1)])
+    await households.import_csv(conn, households.blocks_of(csv_text.encode()))
+    body = tranche_body(bands=[{"up_to_decile": 3, "per_member_credit": 5_000_000}])
+    await tranches.open_tranche(conn, TrancheCreate.model_validate(body))
+    shop = await merchants.create_merchant(conn, MerchantCreate(name="Shop", province="IR-15"))
+    made = await merchants.create_terminal(conn, shop, Keyring.from_settings(Settings()))
+    row = await conn.fetchrow(
+        REDEEM_ONE, made.terminal_id, "n1", "r1", bytes(32), nid, 500, [], False, TEST_SHARDS
     )
+    assert row["outcome"] == "approved", dict(row)
+
+
+async def test_a_head_not_found_is_not_called_tampering(dsn: str, conn: asyncpg.Connection) -> None:
+    await one_redemption(conn)
     code, out, _ = await coupon(dsn, "audit", "verify", "--seal")
     assert code == 0
     head = next(line for line in out.splitlines() if '"head":' in line).split('"')[3]

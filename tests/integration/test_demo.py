@@ -10,14 +10,22 @@ from pathlib import Path
 import asyncpg
 
 from coupon import db, demo, simulator
+from coupon.api.keys import KEYRING
+from coupon.config import Settings
+from coupon.keyring import Keyring
 from tests.conftest import ROOT
 from tests.integration.terminal import Client, invariants
+
+
+def demo_keyring(data_dir: Path) -> Keyring:
+    return Keyring.from_settings(Settings(data_dir=data_dir))
+
 
 EXAMPLES = ROOT / "examples"
 
 
 async def test_the_demo_data_set(conn: asyncpg.Connection, tmp_path: Path) -> None:
-    seeded = await demo.seed(conn, tmp_path, total_households=3_000)
+    seeded = await demo.seed(conn, tmp_path, total_households=3_000, keyring=demo_keyring(tmp_path))
     per_province = dict(
         await conn.fetch("SELECT province, count(*) FROM households GROUP BY province")
     )
@@ -33,7 +41,7 @@ async def test_the_demo_data_set(conn: asyncpg.Connection, tmp_path: Path) -> No
     assert [b["up_to_decile"] for b in bands] == [3, 7]
     assert await conn.fetchval(db.q("current_tranche")) == seeded.tranche_id
     # loading it again adds nothing and reuses the terminals (their secrets are on disk)
-    again = await demo.seed(conn, tmp_path, total_households=3_000)
+    again = await demo.seed(conn, tmp_path, total_households=3_000, keyring=demo_keyring(tmp_path))
     assert again.terminals == seeded.terminals and again.tranche_id == seeded.tranche_id
     assert await conn.fetchval("SELECT count(*) FROM households") == 3_000
 
@@ -41,7 +49,7 @@ async def test_the_demo_data_set(conn: asyncpg.Connection, tmp_path: Path) -> No
 async def test_the_simulated_traffic_uses_the_real_api(
     client: Client, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    seeded = await demo.seed(conn, tmp_path, total_households=1_000)
+    seeded = await demo.seed(conn, tmp_path, total_households=1_000, keyring=client.app[KEYRING])
     shoppers = [
         simulator.Shopper(r["national_id"], r["province"], r["entitled"])
         for r in await conn.fetch(db.q("demo_shoppers"), 10_000)
@@ -134,7 +142,7 @@ async def test_the_example_pos_sells_to_the_demo(
         import pos_redeem
     finally:
         sys.path.remove(str(EXAMPLES))
-    seeded = await demo.seed(conn, tmp_path, total_households=3_000)
+    seeded = await demo.seed(conn, tmp_path, total_households=3_000, keyring=client.app[KEYRING])
     household = next(r for r in demo.demo_households(3_000) if r[0] == pos_redeem.DEMO_HOUSEHOLD)
     assert household[3] <= 3  # credited from the first minute of the demo's tranche
     url = str(client.make_url("")).rstrip("/")

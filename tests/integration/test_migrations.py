@@ -8,13 +8,28 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coupon import audit, db, embedded, errors, households, logins, merchants, migrations, tranches
+from coupon import (
+    audit,
+    db,
+    embedded,
+    errors,
+    households,
+    logins,
+    merchants,
+    migrations,
+    signing,
+    tranches,
+)
+from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.models import MerchantCreate, TrancheCreate
 from coupon.provinces import iran_provinces
 from tests.conftest import TEST_SHARDS, as_role
@@ -95,7 +110,7 @@ def _schema_dump(dsn: str) -> str:
 
 
 async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_row(
-    empty_database: Callable[..., Any],
+    empty_database: Callable[..., Any], tmp_path: Path
 ) -> None:
     legacy = await empty_database(owner=None)
     await _released(legacy)
@@ -113,7 +128,13 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         merchant = await merchants.create_merchant(
             conn, MerchantCreate(name="Shop", province="IR-15")
         )
-        terminal = (await merchants.create_terminal(conn, merchant)).terminal_id
+        # as 0.1.0 stored a terminal: its secret in plain text
+        secret = "ab" * 32
+        terminal = await conn.fetchval(
+            "INSERT INTO terminals (merchant_id, secret) VALUES ($1, $2) RETURNING id",
+            merchant,
+            secret,
+        )
         for i, nid in enumerate(ids[:8]):
             row = await conn.fetchrow(
                 "SELECT * FROM redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -125,7 +146,9 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
             terminal, "n-rev", "rev-1", bytes(32), "r3", TEST_SHARDS,
         )  # fmt: skip
         assert row["http_status"] == 201, row
-        assert await audit.seal(conn) == 9
+        # sealed as 0.1.0 sealed: heads unsigned
+        await conn.execute(db.q("seal_rows"), 0, 10**9, 1, 1000)
+        await conn.fetchrow(db.q("close_block"), 1, audit.GENESIS, 0)
         before = await _fingerprint(conn)
         assert before["ledger"][0] == 9
         answers = [dict(r) for r in await conn.fetch(ANSWERS_BEFORE)]
@@ -134,9 +157,26 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         after_release = [m.label for m in migrations.available()[1:]]
         assert await migrations.migrate(conn, TEST_SHARDS) == after_release
 
-        assert await _fingerprint(conn) == before
+        after = await _fingerprint(conn)
+        assert after.pop("ledger_block_signatures")[0] == 0  # new, and empty
+        # terminals have new columns: the old ones compared, then the secret encrypted
+        assert after.pop("terminals") != before.pop("terminals")
+        assert after == before
+        assert await conn.fetchval(
+            "SELECT (id, merchant_id, secret, status) = ($1, $2, $3, 'active') FROM terminals",
+            terminal,
+            merchant,
+            secret,
+        )
+        keyring = Keyring.from_settings(Settings(kek_file=tmp_path / "keys"))
+        assert await merchants.encrypt_plain_secrets(conn, keyring) == 1
+        box = await conn.fetchval("SELECT secret_box FROM terminals WHERE secret IS NULL")
+        assert keyring.open(terminal, box) == secret
         assert [dict(r) for r in await conn.fetch(ANSWERS_AFTER)] == answers
-        assert (await audit.verify(conn)).ok
+        keys = signing.SealKeys(Ed25519PrivateKey.generate())
+        assert not (await audit.verify(conn, keys)).ok  # unsigned heads are not trusted...
+        assert await audit.seal(conn, keys) == 0  # ...until the sealer signs them as they are
+        assert (await audit.verify(conn, keys)).ok
         await invariants(conn)
         state = await migrations.status(conn)
         assert state.current

@@ -14,6 +14,8 @@ from tests.integration.helpers import households_csv, national_ids, now, tranche
 Client = TestClient[Any, Any]
 CSV = {"Content-Type": "text/csv"}
 
+NONE_REJECTED = {"rejected_count": 0, "rejected_by_reason": {}}
+
 
 async def import_csv(client: Client, headers: dict[str, str], text: str) -> dict[str, Any]:
     resp = await client.post(
@@ -96,7 +98,7 @@ async def test_import_upserts_and_reports_bad_lines(
         operator,
         households_csv([(ids[0], "IR-23", 4, 1), (ids[1], "IR-15", 1, 1)], ["suspended", "active"]),
     )
-    assert body == {"imported": 1, "updated": 1, "rejected": []}
+    assert body == {"imported": 1, "updated": 1, "rejected": [], **NONE_REJECTED}
     row = await conn.fetchrow("SELECT * FROM households WHERE national_id = $1", ids[0])
     assert (row["province"], row["members"], row["decile"], row["status"]) == (
         "IR-23",
@@ -112,7 +114,7 @@ async def test_import_without_status_keeps_the_status(
     [nid] = national_ids(1)
     await import_csv(client, operator, households_csv([(nid, "IR-15", 2, 2)], ["suspended"]))
     body = await import_csv(client, operator, households_csv([(nid, "IR-15", 3, 2)]))
-    assert body == {"imported": 0, "updated": 1, "rejected": []}
+    assert body == {"imported": 0, "updated": 1, "rejected": [], **NONE_REJECTED}
     assert await conn.fetchval("SELECT status FROM households") == "suspended"
 
 

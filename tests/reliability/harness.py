@@ -31,6 +31,7 @@ from aiohttp.test_utils import TestServer
 from coupon import answers, auth, demo, national_id
 from coupon.app import create_app
 from coupon.config import Settings
+from coupon.keyring import Keyring
 from coupon.provinces import iran_provinces
 from tests.integration.terminal import invariants
 
@@ -91,6 +92,8 @@ async def seed(dsn: str, n_households: int = 300, n_terminals: int = 8) -> World
             conn,
             rows,
             [codes[i % 31] for i in range(n_terminals)],
+            # the key file of the servers the tests start (same directory, same settings)
+            keyring=Keyring.from_settings(Settings()),
             name="reliability",
             up_to_decile=3,
             started=dt.timedelta(minutes=5),
