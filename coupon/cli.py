@@ -21,7 +21,6 @@ from typing import Any, BinaryIO, NoReturn
 import asyncpg
 import pydantic
 import structlog
-from yarl import URL
 
 from coupon import (
     audit,
@@ -174,12 +173,12 @@ def describe(settings: Settings) -> str:
 
 
 def redacted(dsn: str) -> str:
-    """A database URL without its password."""
-    try:
-        url = URL(dsn)
-        return str(url.with_password(None)) if url.password else dsn
-    except ValueError:
-        return "(unparsable)"
+    """A database URL without its password (of one host or several)."""
+    scheme, sep, rest = dsn.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return dsn if sep else "(unparsable)"
+    return f"{scheme}://{userinfo.partition(':')[0]}@{location}"
 
 
 def _reason(exc: BaseException) -> str:

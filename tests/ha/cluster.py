@@ -512,6 +512,24 @@ class Cluster:
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def _startup_process(self, node: Node) -> int:
+        postmaster = node.postmaster_pid()
+        assert postmaster is not None, f"{node.name} is not running"
+        for pid in _children(postmaster):
+            with contextlib.suppress(OSError):
+                if b"startup" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+        raise ClusterError(f"{node.name} is not replaying (no startup process)")
+
+    def pause_replay(self, node: Node) -> None:
+        """Stop a standby's replay where it is (SIGSTOP to its startup process): it keeps
+        receiving WAL, and answers queries, but shows an older and older state. Patroni
+        resumes a replay paused with pg_wal_replay_pause(), so that would not hold."""
+        os.kill(self._startup_process(node), signal.SIGSTOP)
+
+    def resume_replay(self, node: Node) -> None:
+        os.kill(self._startup_process(node), signal.SIGCONT)
+
     def switchover(self, candidate: Node) -> None:
         leader = self.leader()
         if leader is None:

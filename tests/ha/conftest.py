@@ -10,6 +10,7 @@ import pytest
 from coupon import logins, migrations
 from tests.conftest import PASSWORDS, TEST_SHARDS
 from tests.ha.cluster import Cluster
+from tests.reliability.harness import World, seed
 
 DATABASE = "coupon"
 
@@ -50,3 +51,9 @@ async def ha_database(cluster: Cluster) -> AsyncIterator[str]:
 def login(cluster: Cluster, role: str, attrs: str | None = "read-write") -> str:
     """A login role's DSN of the service's database, over every node."""
     return cluster.dsn(role, PASSWORDS[role], DATABASE, attrs=attrs)
+
+
+@pytest.fixture(scope="session")
+async def ha_world(cluster: Cluster, ha_database: str) -> World:
+    """Households, an open tranche and signed terminals on the cluster's database."""
+    return await seed(login(cluster, logins.WRITER))

@@ -37,7 +37,6 @@ from tests.reliability.harness import (
     record,
     redemption,
     resolve,
-    seed,
     send,
 )
 
@@ -135,8 +134,8 @@ async def check_primary(cluster: Cluster, superuser: str, sent: list[Sent]) -> d
 
 
 @pytest.mark.timeout(600 + 420 * RUNS)
-async def test_failover_loses_nothing(cluster: Cluster, ha_database: str) -> None:
-    world = await seed(login(cluster, logins.WRITER))
+async def test_failover_loses_nothing(cluster: Cluster, ha_database: str, ha_world: World) -> None:
+    world = ha_world
     server = Server(
         login(cluster, logins.WRITER),
         workers=2,
