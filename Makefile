@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-pg15 soak lint fmt bench bench-all bench-bulk bench-stream wrk clean
+.PHONY: install run test test-pg15 ha-test soak lint fmt bench bench-all bench-bulk bench-stream wrk clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install         ## the whole suite against a real PostgreSQL
 test-pg15: install    ## the database-facing tests again on Debian's PostgreSQL 15 (installed and started)
 	.ci/with-postgres-15 $(BIN)/python -m pytest -q tests/unit tests/integration \
 		--deselect tests/integration/test_dashboard_browser.py
+
+ha-test: install      ## 3 etcd + 3 Patroni nodes: failovers under load, COUPON_HA_RUNS times, targets held
+	COUPON_HA_RUNS=$${COUPON_HA_RUNS:-5} COUPON_HA_TARGETS=1 $(BIN)/python -m pytest -s -p no:randomly \
+		--timeout=3600 tests/ha
 
 soak: install         ## the long reliability runs; figures in test-artifacts/reliability.jsonl
 	rm -f test-artifacts/reliability.jsonl

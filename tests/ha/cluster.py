@@ -512,6 +512,28 @@ class Cluster:
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def own(self, path: Path) -> None:
+        """Give path to the user the nodes run as."""
+        self.run_as.own(path)
+
+    def as_server_user(
+        self, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL tool as the user the nodes run as."""
+        try:
+            return subprocess.run(
+                argv,
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=self.home,
+                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", **(env or {})},
+                timeout=300,
+                **self.run_as.popen_args(),
+            )
+        except subprocess.CalledProcessError as e:
+            raise ClusterError(f"{argv[0]} failed: {e.stderr}") from None
+
     def _startup_process(self, node: Node) -> int:
         postmaster = node.postmaster_pid()
         assert postmaster is not None, f"{node.name} is not running"
