@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coupon.embedded import SERVER_SETTINGS
+
 HERE = Path(__file__).resolve().parent
 HA_HOME = Path(os.environ.get("COUPON_HA_HOME", "/var/tmp/coupon-ha"))
 PATRONI_REQUIREMENTS = HERE / "patroni-requirements.txt"
@@ -369,8 +371,8 @@ class Cluster:
                             "wal_log_hints": "on",
                             "max_wal_senders": 10,
                             "max_replication_slots": 10,
-                            "max_connections": 200,
-                            "shared_buffers": "128MB",
+                            # the embedded server's tuning: benchmarks compare like with like
+                            **SERVER_SETTINGS,
                             "synchronous_commit": "on",
                             # auditors' long queries on a standby are not cancelled by replay
                             "hot_standby_feedback": "on",
