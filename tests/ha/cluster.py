@@ -214,6 +214,7 @@ def _kill9(pids: list[int]) -> None:
 @dataclass
 class Etcd:
     name: str
+    host: str
     client_port: int
     peer_port: int
     data_dir: Path
@@ -221,11 +222,11 @@ class Etcd:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     def start(self, initial_cluster: str, log: Path) -> None:
         argv = [
@@ -239,7 +240,7 @@ class Etcd:
             f"--initial-cluster={initial_cluster}",
             "--initial-cluster-state=new",
             f"--initial-cluster-token={SCOPE}",
-            # a loopback cluster: elections in tens of milliseconds are safe
+            # one machine: elections in tens of milliseconds are safe
             "--heartbeat-interval=100",
             "--election-timeout=1000",
         ]
@@ -259,6 +260,73 @@ class Etcd:
 
 
 @dataclass
+class Network:
+    """Each database node in a network namespace of its own, on a bridge with etcd and the
+    clients: a node can be cut off from etcd and the other nodes (blackhole routes in its
+    namespace) while the service, in the root namespace, still reaches it."""
+
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    prefix: str = field(
+        default_factory=lambda: f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    )
+    size: int = 3
+
+    @property
+    def bridge(self) -> str:
+        return f"cpb{self.tag}"
+
+    def namespace(self, i: int) -> str:
+        return f"cpn{self.tag}{i}"
+
+    def node_ip(self, i: int) -> str:
+        return f"{self.prefix}.{i + 1}"
+
+    def etcd_ip(self, i: int) -> str:
+        return f"{self.prefix}.{201 + i}"
+
+    @property
+    def subnet(self) -> str:
+        return f"{self.prefix}.0/24"
+
+    def up(self) -> None:
+        ip = ["ip"]
+        _run([*ip, "link", "add", self.bridge, "type", "bridge"])
+        # the clients' address first: connections from the root namespace leave from it
+        for host in [f"{self.prefix}.254", *(self.etcd_ip(i) for i in range(self.size))]:
+            _run([*ip, "addr", "add", f"{host}/24", "dev", self.bridge])
+        _run([*ip, "link", "set", self.bridge, "up"])
+        for i in range(self.size):
+            ns, outside, inside = self.namespace(i), f"cpv{self.tag}{i}", f"cpw{self.tag}{i}"
+            _run([*ip, "netns", "add", ns])
+            _run([*ip, "link", "add", outside, "type", "veth", "peer", "name", inside])
+            _run([*ip, "link", "set", inside, "netns", ns])
+            _run([*ip, "link", "set", outside, "master", self.bridge, "up"])
+            _run([*ip, "-n", ns, "addr", "add", f"{self.node_ip(i)}/24", "dev", inside])
+            _run([*ip, "-n", ns, "link", "set", inside, "up"])
+            _run([*ip, "-n", ns, "link", "set", "lo", "up"])
+
+    def cut(self, i: int) -> None:
+        """Node i can no longer reach etcd or the other nodes (nor answer them)."""
+        for host in self._peers(i):
+            _run(["ip", "-n", self.namespace(i), "route", "add", "blackhole", f"{host}/32"])
+
+    def heal(self, i: int) -> None:
+        for host in self._peers(i):
+            _run(["ip", "-n", self.namespace(i), "route", "del", "blackhole", f"{host}/32"])
+
+    def _peers(self, i: int) -> list[str]:
+        others = [self.node_ip(k) for k in range(self.size) if k != i]
+        return [*others, *(self.etcd_ip(k) for k in range(self.size))]
+
+    def down(self) -> None:
+        quiet: dict[str, Any] = {"check": False, "capture_output": True}
+        for i in range(self.size):
+            subprocess.run(["ip", "netns", "del", self.namespace(i)], **quiet)
+            subprocess.run(["ip", "link", "del", f"cpv{self.tag}{i}"], **quiet)
+        subprocess.run(["ip", "link", "del", self.bridge], **quiet)
+
+
+@dataclass
 class Node:
     """One Patroni node: its REST API, its PostgreSQL, its data."""
 
@@ -267,6 +335,7 @@ class Node:
     pg_port: int
     api_port: int
     home: Path
+    namespace: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -302,8 +371,12 @@ class Cluster:
         default_factory=lambda: HA_HOME / f"run-{os.getpid()}-{secrets.token_hex(3)}"
     )
     password: str = field(default_factory=lambda: secrets.token_hex(16))
+    # None: everything on loopback; a Network: each node in a namespace of its own
+    network: Network | None = None
     etcds: list[Etcd] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
+    # nodes cut off by a partition: their view of the cluster is not asked for
+    cut_off: set[str] = field(default_factory=set)
 
     @property
     def archive(self) -> Path:
@@ -315,9 +388,18 @@ class Cluster:
         self.home.mkdir(parents=True)
         self.archive.mkdir()
         ports = free_ports(4 * self.size)
+        net = self.network
+        if net is not None:
+            net.up()
         initial = []
         for i in range(self.size):
-            etcd = Etcd(f"etcd{i + 1}", ports[i], ports[self.size + i], self.home / f"etcd{i + 1}")
+            etcd = Etcd(
+                f"etcd{i + 1}",
+                "127.0.0.1" if net is None else net.etcd_ip(i),
+                ports[i],
+                ports[self.size + i],
+                self.home / f"etcd{i + 1}",
+            )
             self.etcds.append(etcd)
             initial.append(f"{etcd.name}={etcd.peer_url}")
         for etcd in self.etcds:
@@ -325,10 +407,11 @@ class Cluster:
         for i in range(self.size):
             node = Node(
                 f"pg{i + 1}",
-                "127.0.0.1",
+                "127.0.0.1" if net is None else net.node_ip(i),
                 ports[2 * self.size + i],
                 ports[3 * self.size + i],
                 self.home / f"pg{i + 1}",
+                None if net is None else net.namespace(i),
             )
             node.home.mkdir()
             node.home.chmod(0o700)
@@ -358,7 +441,7 @@ class Cluster:
                 "listen": f"{node.host}:{node.api_port}",
                 "connect_address": f"{node.host}:{node.api_port}",
             },
-            "etcd3": {"hosts": [f"127.0.0.1:{e.client_port}" for e in self.etcds]},
+            "etcd3": {"hosts": [f"{e.host}:{e.client_port}" for e in self.etcds]},
             "bootstrap": {
                 "dcs": {
                     **DCS,
@@ -396,8 +479,9 @@ class Cluster:
                     "rewind": {"username": "rewinder", "password": self.password},
                 },
                 "pg_hba": [
-                    f"host replication replicator 127.0.0.1/32 {auth}",
-                    f"host all all 127.0.0.1/32 {auth}",
+                    f"host {db} {user} {net} {auth}"
+                    for net in self._networks()
+                    for db, user in (("replication", "replicator"), ("all", "all"))
                 ],
                 "parameters": {"unix_socket_directories": str(node.home)},
                 # a new standby asks for a fast checkpoint instead of waiting for a spread one
@@ -405,12 +489,15 @@ class Cluster:
             },
         }
 
+    def _networks(self) -> list[str]:
+        return ["127.0.0.1/32"] + ([] if self.network is None else [self.network.subnet])
+
     # -- state ---------------------------------------------------------------------------------
 
     def members(self) -> list[dict[str, Any]]:
         """Patroni's view of the cluster, from the first node that answers."""
         for node in self.nodes:
-            if node.running():
+            if node.running() and node.name not in self.cut_off:
                 with contextlib.suppress(OSError, ValueError):
                     members: list[dict[str, Any]] = _call(node.api + "/cluster")["members"]
                     return members
@@ -476,9 +563,17 @@ class Cluster:
 
     def start_node(self, node: Node) -> None:
         log = node.home / "patroni.out"
+        argv = [str(self.patroni_bin / "patroni"), str(node.config)]
+        user = self.run_as.popen_args()
+        if node.namespace is not None:
+            # into the namespace as root, then down to the server user
+            who = self.run_as
+            drop = ["setpriv", f"--reuid={who.uid}", f"--regid={who.gid}", "--clear-groups"]
+            argv = ["ip", "netns", "exec", node.namespace, *drop, "--", *argv]
+            user = {}
         with log.open("ab") as out:
             node.proc = subprocess.Popen(
-                [str(self.patroni_bin / "patroni"), str(node.config)],
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -488,7 +583,7 @@ class Cluster:
                     "HOME": str(node.home),
                     "LC_ALL": "C.UTF-8",
                 },
-                **self.run_as.popen_args(),
+                **user,
             )
 
     def kill_postmaster(self, node: Node) -> None:
@@ -513,6 +608,17 @@ class Cluster:
         deadline = time.monotonic() + 20
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def partition(self, node: Node) -> None:
+        """Cut node off from etcd and the other nodes; clients still reach it."""
+        assert self.network is not None, "a partition needs Cluster(network=Network())"
+        self.network.cut(self.nodes.index(node))
+        self.cut_off.add(node.name)
+
+    def heal(self, node: Node) -> None:
+        assert self.network is not None
+        self.network.heal(self.nodes.index(node))
+        self.cut_off.discard(node.name)
 
     def own(self, path: Path) -> None:
         """Give path to the user the nodes run as."""
@@ -566,6 +672,8 @@ class Cluster:
                 self.kill_node(node)
         for etcd in self.etcds:
             etcd.stop()
+        if self.network is not None:
+            self.network.down()
         if os.environ.get("COUPON_HA_KEEP") in (None, "", "0"):
             shutil.rmtree(self.home, ignore_errors=True)
 

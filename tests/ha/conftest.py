@@ -1,18 +1,18 @@
-"""One Patroni cluster for the high-availability tests, with the service's database on it."""
+"""One Patroni cluster for the high-availability tests; a database of its own for each test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
 
 from coupon import logins, migrations
 from tests.conftest import PASSWORDS, TEST_SHARDS
-from tests.ha.cluster import Cluster
+from tests.ha.cluster import Cluster, Node
 from tests.reliability.harness import World, seed
-
-DATABASE = "coupon"
 
 
 @pytest.fixture(scope="session")
@@ -28,32 +28,50 @@ def cluster() -> Iterator[Cluster]:
         made.stop()
 
 
-@pytest.fixture(scope="session")
-async def ha_database(cluster: Cluster) -> AsyncIterator[str]:
-    """The service's database on the cluster, at the newest schema: the superuser's DSN."""
+@dataclass(frozen=True)
+class HaDatabase:
+    """The service's database on a cluster."""
+
+    cluster: Cluster
+    name: str
+
+    @property
+    def superuser(self) -> str:
+        return self.cluster.dsn(database=self.name)
+
+    def login(
+        self, role: str, attrs: str | None = "read-write", nodes: list[Node] | None = None
+    ) -> str:
+        """A login role's DSN, over every node (or those given)."""
+        return self.cluster.dsn(role, PASSWORDS[role], self.name, nodes=nodes, attrs=attrs)
+
+
+async def make_database(cluster: Cluster, name: str) -> HaDatabase:
+    """The login roles, a database owned by coupon_owner, migrated to the newest schema."""
     conn = await asyncpg.connect(cluster.dsn())
     try:
         for statement in logins.role_statements(PASSWORDS):
             await conn.execute(statement)
-        for statement in logins.database_statements(DATABASE):
+        for statement in logins.database_statements(name):
             await conn.execute(statement)
     finally:
         await conn.close()
-    dsn = cluster.dsn(database=DATABASE)
-    conn = await asyncpg.connect(dsn)
+    made = HaDatabase(cluster, name)
+    conn = await asyncpg.connect(made.superuser)
     try:
         await migrations.migrate(conn, TEST_SHARDS)
     finally:
         await conn.close()
-    yield dsn
+    return made
 
 
-def login(cluster: Cluster, role: str, attrs: str | None = "read-write") -> str:
-    """A login role's DSN of the service's database, over every node."""
-    return cluster.dsn(role, PASSWORDS[role], DATABASE, attrs=attrs)
+@pytest.fixture
+async def ha_database(cluster: Cluster, request: pytest.FixtureRequest) -> HaDatabase:
+    cluster.wait_healthy()
+    return await make_database(cluster, "coupon_" + re.sub(r"\W", "_", request.node.name)[:50])
 
 
-@pytest.fixture(scope="session")
-async def ha_world(cluster: Cluster, ha_database: str) -> World:
-    """Households, an open tranche and signed terminals on the cluster's database."""
-    return await seed(login(cluster, logins.WRITER))
+@pytest.fixture
+async def ha_world(ha_database: HaDatabase) -> World:
+    """Households, an open tranche and signed terminals in the test's database."""
+    return await seed(ha_database.login(logins.WRITER))

@@ -20,7 +20,7 @@ import orjson
 
 from coupon import logins, tokens
 from tests.ha.cluster import Cluster, Node
-from tests.ha.conftest import login
+from tests.ha.conftest import HaDatabase
 from tests.reliability.harness import ROOT, Server, World, redemption, send
 
 MAX_LAG = 1.0
@@ -53,22 +53,20 @@ def _async_standby(cluster: Cluster) -> Node:
 
 
 async def test_reads_go_to_a_fresh_standby_only(
-    cluster: Cluster, ha_database: str, ha_world: World
+    cluster: Cluster, ha_database: HaDatabase, ha_world: World
 ) -> None:
     cluster.wait_healthy()
     standby = _async_standby(cluster)
-    conn = await asyncpg.connect(ha_database)
+    conn = await asyncpg.connect(ha_database.superuser)
     try:
         auditor = {"Authorization": "Bearer " + await tokens.create_token(conn, "auditor", "ha")}
     finally:
         await conn.close()
     server = Server(
-        login(cluster, logins.WRITER),
+        ha_database.login(logins.WRITER),
         workers=1,
         env={
-            "DATABASE_READ_URL": cluster.dsn(
-                logins.WRITER, _password(), "coupon", nodes=[standby], attrs=None
-            ),
+            "DATABASE_READ_URL": ha_database.login(logins.WRITER, attrs=None, nodes=[standby]),
             "COUPON_READ_MAX_LAG": str(MAX_LAG),
         },
     )
@@ -115,12 +113,6 @@ async def test_reads_go_to_a_fresh_standby_only(
         await server.stop()
 
 
-def _password() -> str:
-    from tests.conftest import PASSWORDS
-
-    return PASSWORDS[logins.WRITER]
-
-
 def _coupon(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "COUPON_"))}
     return subprocess.run(
@@ -135,15 +127,27 @@ def _coupon(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]
 
 
 async def test_read_only_commands_work_on_a_standby(
-    cluster: Cluster, ha_database: str, ha_world: World, tmp_path: Path
+    cluster: Cluster, ha_database: HaDatabase, ha_world: World, tmp_path: Path
 ) -> None:
     cluster.wait_healthy()
     standby = _async_standby(cluster)
-    on_standby = cluster.dsn(logins.WRITER, _password(), "coupon", nodes=[standby], attrs=None)
+    on_standby = ha_database.login(logins.WRITER, attrs=None, nodes=[standby])
+
+    async def replicated() -> bool:
+        try:
+            conn = await asyncpg.connect(on_standby)
+        except (OSError, asyncpg.PostgresError):
+            return False  # the database is not there yet
+        try:
+            return bool(await conn.fetchval("SELECT count(*) > 0 FROM tranches"))
+        finally:
+            await conn.close()
+
+    await _eventually(replicated, 30, "the seeded database on the standby")
     today = dt.datetime.now(dt.UTC).date().isoformat()
     for env in (
         {"DATABASE_URL": on_standby},
-        {"DATABASE_URL": login(cluster, logins.WRITER), "DATABASE_READ_URL": on_standby},
+        {"DATABASE_URL": ha_database.login(logins.WRITER), "DATABASE_READ_URL": on_standby},
     ):
         verified = _coupon(env, "audit", "verify")
         assert verified.returncode == 0, verified.stderr

@@ -28,7 +28,7 @@ from coupon import audit, logins
 from coupon.config import Settings
 from coupon.signing import SealKeys
 from tests.ha.cluster import Cluster, Node
-from tests.ha.conftest import login
+from tests.ha.conftest import HaDatabase
 from tests.reliability.harness import (
     Sent,
     Server,
@@ -134,12 +134,14 @@ async def check_primary(cluster: Cluster, superuser: str, sent: list[Sent]) -> d
 
 
 @pytest.mark.timeout(600 + 420 * RUNS)
-async def test_failover_loses_nothing(cluster: Cluster, ha_database: str, ha_world: World) -> None:
+async def test_failover_loses_nothing(
+    cluster: Cluster, ha_database: HaDatabase, ha_world: World
+) -> None:
     world = ha_world
     server = Server(
-        login(cluster, logins.WRITER),
+        ha_database.login(logins.WRITER),
         workers=2,
-        env={"DATABASE_READ_URL": login(cluster, logins.WRITER, attrs="prefer-standby")},
+        env={"DATABASE_READ_URL": ha_database.login(logins.WRITER, attrs="prefer-standby")},
     )
     gaps: dict[str, list[float]] = {}
     unavailable: Counter[str] = Counter()
@@ -159,7 +161,7 @@ async def test_failover_loses_nothing(cluster: Cluster, ha_database: str, ha_wor
         unavailable[name] += load.statuses["503"]
         sent.extend(load.sent)
         await resolve(server.base, [s for s in load.sent if not s.definitive])
-        figures = await check_primary(cluster, ha_database, sent)
+        figures = await check_primary(cluster, ha_database.superuser, sent)
         print(f"{name}: gap {gaps[name][-1]} s, 503s {load.statuses['503']}, {figures}")
 
     lost: list[Node] = []  # the node lost in this run, until it rejoins

@@ -18,7 +18,7 @@ from coupon import audit, logins
 from coupon.config import Settings
 from coupon.signing import SealKeys
 from tests.ha.cluster import Cluster, free_ports
-from tests.ha.conftest import login
+from tests.ha.conftest import HaDatabase
 from tests.integration.terminal import invariants
 from tests.reliability.harness import Sent, Server, World, redemption, send
 
@@ -38,7 +38,9 @@ async def _redeem(base: str, world: World, rng: random.Random, n: int, tag: str)
 
 
 @pytest.mark.timeout(300)
-async def test_point_in_time_restore(cluster: Cluster, ha_database: str, ha_world: World) -> None:
+async def test_point_in_time_restore(
+    cluster: Cluster, ha_database: HaDatabase, ha_world: World
+) -> None:
     cluster.wait_healthy()
     leader = cluster.leader()
     assert leader is not None
@@ -55,7 +57,7 @@ async def test_point_in_time_restore(cluster: Cluster, ha_database: str, ha_worl
         ],
         env={"PGPASSWORD": cluster.password},
     )
-    server = Server(login(cluster, logins.WRITER), workers=1)
+    server = Server(ha_database.login(logins.WRITER), workers=1)
     await server.start()
     rng = random.Random(11)
     try:
@@ -88,7 +90,7 @@ async def test_point_in_time_restore(cluster: Cluster, ha_database: str, ha_worl
         [pg_ctl, "start", "-w", "-t", "120", "-D", str(backup), "-l", str(log), "-o", options]
     )
     try:
-        restored = cluster.dsn(database="coupon", attrs=None).replace(
+        restored = cluster.dsn(database=ha_database.name, attrs=None).replace(
             cluster.hosts(), f"127.0.0.1:{port}"
         )
         conn = await asyncpg.connect(restored)
