@@ -21,6 +21,7 @@ import orjson
 from coupon import logins, tokens
 from tests.ha.cluster import Cluster, Node
 from tests.ha.conftest import HaDatabase
+from tests.ha.traffic import until
 from tests.reliability.harness import ROOT, Server, World, redemption, send
 
 MAX_LAG = 1.0
@@ -32,17 +33,6 @@ async def _get(base: str, path: str, headers: dict[str, str] | None = None) -> A
         session.get(base + path, headers=headers) as resp,
     ):
         return resp.status, orjson.loads(await resp.read())
-
-
-async def _eventually(probe: Any, patience: float, what: str) -> Any:
-    deadline = time.monotonic() + patience
-    while True:
-        found = await probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {patience} s")
-        await asyncio.sleep(0.1)
 
 
 def _async_standby(cluster: Cluster) -> Node:
@@ -78,7 +68,7 @@ async def test_reads_go_to_a_fresh_standby_only(
             assert status == 200 and health["role"] == "primary", health
             return bool(health.get("reads") == where)
 
-        await _eventually(lambda: reads_on("standby"), 10, "reads on the standby")
+        await until(lambda: reads_on("standby"), 10, "reads on the standby")
 
         cluster.pause_replay(standby)
         try:
@@ -99,14 +89,14 @@ async def test_reads_go_to_a_fresh_standby_only(
 
             if answer.status == 201:
                 # within the bound, from the primary (the standby never gets it while paused)
-                await _eventually(shows_it, MAX_LAG + 4.0, "the new redemption in the ledger")
+                await until(shows_it, MAX_LAG + 4.0, "the new redemption in the ledger")
                 assert time.monotonic() - mark <= MAX_LAG + 4.0
             # the standby is behind by more than the bound now: reads stay on the primary
             await asyncio.sleep(MAX_LAG + 0.5)
             assert await reads_on("primary")
         finally:
             cluster.resume_replay(standby)
-        await _eventually(lambda: reads_on("standby"), 10, "reads back on the standby")
+        await until(lambda: reads_on("standby"), 10, "reads back on the standby")
         status, stats = await _get(server.base, "/v1/stats", auditor)
         assert status == 200 and stats["totals"]["transactions"] >= 0, stats
     finally:
@@ -143,7 +133,7 @@ async def test_read_only_commands_work_on_a_standby(
         finally:
             await conn.close()
 
-    await _eventually(replicated, 30, "the seeded database on the standby")
+    await until(replicated, 30, "the seeded database on the standby")
     today = dt.datetime.now(dt.UTC).date().isoformat()
     for env in (
         {"DATABASE_URL": on_standby},

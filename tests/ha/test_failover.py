@@ -11,34 +11,18 @@ verifies. Each event's write gap (the longest time without an answered redemptio
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
-import asyncpg
 import pytest
 
-from coupon import audit, logins
-from coupon.config import Settings
-from coupon.signing import SealKeys
+from coupon import logins
 from tests.ha.cluster import Cluster, Node
 from tests.ha.conftest import HaDatabase
-from tests.reliability.harness import (
-    Sent,
-    Server,
-    World,
-    check_outcomes,
-    record,
-    redemption,
-    resolve,
-    send,
-)
+from tests.ha.traffic import ResendingLoad, check_primary, until, write_gap
+from tests.reliability.harness import Sent, Server, World, record, resolve
 
 RUNS = int(os.environ.get("COUPON_HA_RUNS", "1"))
 # `make ha-test` holds the issue's targets; the suite only measures them (no timing asserts)
@@ -46,91 +30,6 @@ TARGETS = os.environ.get("COUPON_HA_TARGETS", "") not in ("", "0")
 TARGET_GAP = {"postmaster_crash": 5.0, "node_loss": 25.0}
 # how long both standbys stay away: commits wait (strict mode) and nothing may be confirmed
 STANDBYS_AWAY = 6.0
-
-
-@dataclass
-class ResendingLoad:
-    """POS clients: each sends a redemption and resends it (same request_id, new nonce) until it
-    gets a definitive answer, then serves the next customer."""
-
-    world: World
-    base: str
-    clients: int = 8
-    tag: str = "ha"
-    sent: list[Sent] = field(default_factory=list)
-    statuses: Counter[str] = field(default_factory=Counter)
-
-    async def __aenter__(self) -> ResendingLoad:
-        self._stop = asyncio.Event()
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.clients))
-        self._tasks = [asyncio.create_task(self._client(k)) for k in range(self.clients)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        await self._session.close()
-
-    async def _client(self, k: int) -> None:
-        rng = random.Random(f"{self.tag}-{k}")
-        while not self._stop.is_set():
-            sent = redemption(self.world, rng, f"{self.tag}{k}")
-            self.sent.append(sent)
-            while not self._stop.is_set():
-                answer = await send(self._session, self.base, sent)
-                self.statuses[str(answer.status or "no answer")] += 1
-                if answer.definitive:
-                    break
-                await asyncio.sleep(0.05)
-
-    def answered(self) -> list[float]:
-        """When each definitive answer arrived (time.monotonic), in order."""
-        return sorted(a.sent_at + a.latency for s in self.sent for a in s.answers if a.definitive)
-
-    def confirmed_between(self, start: float, end: float) -> int:
-        return sum(
-            1
-            for s in self.sent
-            for a in s.answers
-            if a.status == 201 and start <= a.sent_at + a.latency <= end
-        )
-
-
-def write_gap(answered: list[float], event: float) -> float:
-    """The longest stretch without a definitive answer that the event falls into."""
-    before = [t for t in answered if t <= event]
-    after = [t for t in answered if t > event]
-    if not before or not after:
-        raise AssertionError("no answers on both sides of the event")
-    gap = after[0] - before[-1]
-    for a, b in itertools.pairwise(after):
-        if b - a > gap:
-            gap = b - a
-        if b - event > 120:
-            break
-    return gap
-
-
-async def until(condition: Callable[[], bool], patience: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > patience:
-            raise AssertionError(f"no {what} after {patience:.0f} s")
-        await asyncio.sleep(0.1)
-    return time.monotonic() - started
-
-
-async def check_primary(cluster: Cluster, superuser: str, sent: list[Sent]) -> dict[str, Any]:
-    """Nothing lost or doubled on the node that leads now, and its ledger verifies."""
-    conn = await asyncpg.connect(superuser)
-    try:
-        figures = await check_outcomes(conn, sent)
-        result = await audit.verify(conn, SealKeys.from_settings(Settings()), None)
-        assert result.ok, result
-        figures["verified_entries"] = result.entries
-    finally:
-        await conn.close()
-    return figures
 
 
 @pytest.mark.timeout(600 + 420 * RUNS)
@@ -161,7 +60,7 @@ async def test_failover_loses_nothing(
         unavailable[name] += load.statuses["503"]
         sent.extend(load.sent)
         await resolve(server.base, [s for s in load.sent if not s.definitive])
-        figures = await check_primary(cluster, ha_database.superuser, sent)
+        figures = await check_primary(ha_database.superuser, sent)
         print(f"{name}: gap {gaps[name][-1]} s, 503s {load.statuses['503']}, {figures}")
 
     lost: list[Node] = []  # the node lost in this run, until it rejoins

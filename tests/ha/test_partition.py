@@ -19,7 +19,7 @@ import pytest
 from coupon import logins
 from tests.ha.cluster import Cluster, Network
 from tests.ha.conftest import make_database
-from tests.ha.test_failover import ResendingLoad, check_primary, until, write_gap
+from tests.ha.traffic import ResendingLoad, check_primary, until, write_gap
 from tests.reliability.harness import Server, record, resolve, seed
 
 
@@ -62,7 +62,7 @@ async def test_isolated_leader_confirms_nothing(partitionable: Cluster) -> None:
         # nothing confirmed by the isolated node between the cut and the promotion
         confirmed_isolated = load.confirmed_between(cut + 0.5, promoted)
         await resolve(server.base, [s for s in load.sent if not s.definitive])
-        figures = await check_primary(cluster, database.superuser, load.sent)
+        figures = await check_primary(database.superuser, load.sent)
     finally:
         await server.stop()
     gap = write_gap(load.answered(), cut)
