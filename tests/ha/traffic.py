@@ -9,42 +9,21 @@ import inspect
 import itertools
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from coupon import audit
 from coupon.config import Settings
 from coupon.signing import SealKeys
-from tests.reliability.harness import Sent, World, check_outcomes, redemption, send
+from tests.reliability.harness import Load, Sent, check_outcomes, redemption, send
 
 
-@dataclass
-class ResendingLoad:
-    """POS clients: each sends a redemption and resends it (same request_id, new nonce) until it
-    gets a definitive answer, then serves the next customer."""
-
-    world: World
-    base: str
-    clients: int = 8
-    tag: str = "ha"
-    sent: list[Sent] = field(default_factory=list)
-    statuses: Counter[str] = field(default_factory=Counter)
-
-    async def __aenter__(self) -> ResendingLoad:
-        self._stop = asyncio.Event()
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.clients))
-        self._tasks = [asyncio.create_task(self._client(k)) for k in range(self.clients)]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        await self._session.close()
+class ResendingLoad(Load):
+    """POS clients through a failover: each sends a redemption and resends it (same request_id,
+    new nonce) until it gets a definitive answer, whatever the service answers meanwhile --
+    silence included -- then serves the next customer."""
 
     async def _client(self, k: int) -> None:
         rng = random.Random(f"{self.tag}-{k}")
