@@ -135,9 +135,15 @@ async def check_current(conn: asyncpg.Connection) -> None:
 
 
 async def preflight(dsn: str) -> None:
-    """Refuse to serve as a superuser, or on a schema this code was not built for."""
+    """Refuse to serve as a superuser, from a standby, or on a schema this code was not built
+    for."""
     conn = await asyncpg.connect(dsn)
     try:
+        if await conn.fetchval("SELECT pg_is_in_recovery()"):
+            raise errors.DatabaseNotReady(
+                "DATABASE_URL reaches a standby, which takes no writes: point it at the "
+                "primary, or list every node of the cluster (postgresql://…@db1,db2,db3/coupon)"
+            )
         if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = session_user"):
             user = await conn.fetchval("SELECT session_user")
             raise errors.UnsafeLogin(

@@ -22,7 +22,7 @@ from coupon import logins, tokens
 from tests.ha.cluster import Cluster, Node
 from tests.ha.conftest import HaDatabase
 from tests.ha.traffic import until
-from tests.reliability.harness import ROOT, Server, World, redemption, send
+from tests.reliability.harness import ROOT, Server, World, free_port, redemption, send
 
 MAX_LAG = 1.0
 
@@ -150,3 +150,7 @@ async def test_read_only_commands_work_on_a_standby(
         assert exported.returncode == 0, exported.stderr
         checked = _coupon({}, "audit", "verify", "--offline", str(export))
         assert checked.returncode == 0, checked.stdout + checked.stderr
+    # serving needs the primary: a standby is refused in one line, before anything starts
+    refused = _coupon({"DATABASE_URL": on_standby}, "serve", "--port", str(free_port()))
+    assert refused.returncode == 2, refused.stderr
+    assert "reaches a standby" in refused.stderr, refused.stderr
