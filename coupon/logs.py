@@ -98,3 +98,20 @@ def configure(
     )
     # aiohttp's own access log would duplicate ours
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # the driver's pool reports reconnection failures (every node of a cluster down for a
+    # moment in a failover) with a page of traceback each: one JSON line each instead
+    driver = logging.getLogger("asyncpg")
+    driver.handlers[:] = [_AsJsonLine()]
+    driver.propagate = False
+
+
+class _AsJsonLine(logging.Handler):
+    """A standard-library log record as one of our JSON lines; a traceback becomes the name
+    and message of its exception."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, str] = {"logger": record.name}
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            failure = record.exc_info[1]
+            fields["error"] = f"{type(failure).__name__}: {failure}"
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)

@@ -123,6 +123,10 @@ async def test_failover_loses_nothing(
             await event("standbys_away", standbys_away)
     finally:
         await server.stop()
+    # through every failover, the service's log stayed JSON lines (no driver tracebacks)
+    assert server.log_path is not None
+    for line in server.log_path.read_text().splitlines():
+        assert line.startswith("{") or line.startswith("serving on "), line
     figures = {"runs": RUNS, "write_gap_s": gaps, "503s": dict(unavailable)}
     record("ha_failover", figures)
     if TARGETS:
