@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+import pytest
 
 from coupon import logins, tokens
 from tests.ha.cluster import Cluster, Node
@@ -42,6 +43,8 @@ def _async_standby(cluster: Cluster) -> Node:
     raise AssertionError(f"no asynchronous standby: {cluster.members()}")
 
 
+# the first test of the session also waits for the cluster's installation and start
+@pytest.mark.timeout(600)
 async def test_reads_go_to_a_fresh_standby_only(
     cluster: Cluster, ha_database: HaDatabase, ha_world: World
 ) -> None:
@@ -116,6 +119,7 @@ def _coupon(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.timeout(300)
 async def test_read_only_commands_work_on_a_standby(
     cluster: Cluster, ha_database: HaDatabase, ha_world: World, tmp_path: Path
 ) -> None:
