@@ -39,6 +39,7 @@ from coupon import (
 from coupon.config import Settings
 from coupon.embedded import EmbeddedPostgresError
 from coupon.keyring import Keyring
+from coupon.models import MERCHANT_CATEGORIES
 
 log = structlog.get_logger(__name__)
 
@@ -490,6 +491,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["operator", "auditor"])
     create.add_argument("--name", default="", help="who holds it (default: none)")
     create.add_argument(
+        "--province",
+        default=None,
+        help="scope it to one province (code, e.g. IR-15): it then acts only on that "
+        "province's stores, terminals and households (default: national)",
+    )
+    create.add_argument(
         "--days",
         type=float,
         default=tokens.DEFAULT_LIFETIME_DAYS,
@@ -527,6 +534,12 @@ def _parser() -> argparse.ArgumentParser:
     add = _command(merchants_group, "add", "register a store; prints its id", _merchants_add)
     add.add_argument("--name", required=True, help="the store's name")
     add.add_argument("--province", required=True, help="its province's code, e.g. IR-23 (Tehran)")
+    add.add_argument(
+        "--category",
+        choices=MERCHANT_CATEGORIES,
+        default="grocery",
+        help="the kind of store, which inspection compares it with (default: %(default)s)",
+    )
     ls = _command(merchants_group, "list", "stores and their number of terminals", _merchants_list)
     ls.add_argument("--province", default=None, help="only this province (code, e.g. IR-15)")
     ls.add_argument("--status", choices=["active", "suspended"], default=None)
@@ -701,12 +714,15 @@ def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _token_create(settings: Settings, args: argparse.Namespace) -> int:
+    province = _province(args.province) if args.province else None
+
     async def create(conn: db.Connection) -> str:
-        return await tokens.create_token(conn, args.role, args.name, args.days)
+        return await tokens.create_token(conn, args.role, args.name, args.days, province)
 
     # the token must be the last line of the output, stderr included: the database is named here
     token = _with_database(settings, create, announce=False)
-    print(f"{args.role} token for {describe(settings)} (shown once, store it now):")
+    scope = f" of {province}" if province else ""
+    print(f"{args.role} token{scope} for {describe(settings)} (shown once, store it now):")
     print(token)
     return 0
 
@@ -718,7 +734,8 @@ def _token_list(settings: Settings, args: argparse.Namespace) -> int:
         row["revoked_at"] = (
             row["revoked_at"].isoformat(timespec="seconds") if row["revoked_at"] else "-"
         )
-    _print_table(rows, ("id", "role", "expires_at", "revoked_at", "name"))
+        row["province"] = row["province"] or "national"
+    _print_table(rows, ("id", "role", "province", "expires_at", "revoked_at", "name"))
     return 0
 
 
@@ -796,7 +813,9 @@ def _merchants_add(settings: Settings, args: argparse.Namespace) -> int:
     from coupon.models import MerchantCreate
 
     try:
-        merchant = MerchantCreate(name=args.name, province=_province(args.province))
+        merchant = MerchantCreate(
+            name=args.name, province=_province(args.province), category=args.category
+        )
     except pydantic.ValidationError as exc:
         raise CliError(f"--name: {exc.errors()[0]['msg']}") from None
 
@@ -825,7 +844,7 @@ def _merchants_list(settings: Settings, args: argparse.Namespace) -> int:
         return await merchants.list_merchants(conn, province, args.status)
 
     rows = _with_database(settings, fetch)
-    _print_table(rows, ("id", "province", "status", "terminals", "name"))
+    _print_table(rows, ("id", "province", "category", "status", "terminals", "name"))
     print(f"{len(rows)} stores", file=sys.stderr)
     return 0
 
