@@ -460,6 +460,8 @@ WHERE seq IN (
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
       AND seq > $9 AND seq <= $11
+      -- a province-scoped auditor's token: the rows of its province's stores only
+      AND ($12::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $12))
     ORDER BY seq
     LIMIT $10
 )
@@ -483,13 +485,16 @@ WHERE seq IN (
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
       AND seq > $9 AND seq <= $11
+      -- a province-scoped auditor's token: the rows of its province's stores only
+      AND ($12::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $12))
     ORDER BY seq + 0
     LIMIT $10
 )
 ORDER BY seq;
 
 -- name: settlement
--- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed.
+-- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed;
+-- the stores of province $2 only, when given (a province-scoped token).
 SELECT m.id AS merchant_id, m.name, m.province,
        count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
        count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
@@ -501,6 +506,7 @@ FROM ledger l
 JOIN merchants m ON m.id = l.merchant_id
 WHERE l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
   AND l.created_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND ($2::text IS NULL OR m.province = $2)
 GROUP BY m.id
 ORDER BY m.id;
 
