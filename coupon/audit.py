@@ -72,9 +72,7 @@ async def ledger_page(
         query = (
             "ledger_page" if where.from_ is None and where.to is None else "ledger_page_in_window"
         )
-        rows = await conn.fetch(
-            db.q(query), *_filter_args(where), after, limit + 1, horizon, scope
-        )
+        rows = await conn.fetch(db.q(query), *_filter_args(where), after, limit + 1, horizon, scope)
     entries = [dict(r) for r in rows[:limit]]
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 

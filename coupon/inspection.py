@@ -9,6 +9,7 @@ with the numbers behind it. Nothing here runs on the redemption path."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import statistics
 import urllib.parse
 from collections import defaultdict
@@ -24,8 +25,6 @@ from coupon import audit, db, errors
 TEHRAN = ZoneInfo("Asia/Tehran")
 # history requests span at most this many days
 MAX_HISTORY_DAYS = 31
-# robust z-scores need this many stores of a province and category to compare with
-MIN_PEERS = 5
 # a fired signal scores its weight times how far past its threshold it is, up to this
 MAX_STRENGTH = 3.0
 
@@ -61,10 +60,10 @@ DESCRIPTIONS: dict[SignalName, str] = {
     "after_hours_share": "share of redemptions outside opening hours (Asia/Tehran)",
     "split_share": "share of redemptions repeating the same household's within minutes",
     "reversal_rate": "reversals per redemption",
-    "terminal_volume_z": "redemptions per terminal, robust z-score against stores of the same "
-    "province and category (median/MAD)",
-    "far_apart": "redemptions whose household also redeemed at a store of another province "
-    "within the hour",
+    "terminal_volume_z": "redemptions per terminal, robust z-score (median/MAD of the log) "
+    "against the stores of the same province and category that day",
+    "far_apart": "share of redemptions whose household also redeemed at a store of another "
+    "province within far_minutes",
 }
 
 HourMinute = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")]
@@ -86,15 +85,15 @@ def _signal(threshold: float, weight: float) -> Any:
 class Signals(BaseModel):
     model_config = {"extra": "forbid"}
 
-    emptied_share: Threshold = _signal(0.5, 2.0)
+    emptied_share: Threshold = _signal(0.22, 2.0)
     burst_minutes: Threshold = _signal(2, 3.0)
-    outside_province_share: Threshold = _signal(0.25, 2.0)
-    round_share: Threshold = _signal(0.5, 1.5)
-    after_hours_share: Threshold = _signal(0.15, 2.0)
-    split_share: Threshold = _signal(0.2, 2.5)
-    reversal_rate: Threshold = _signal(0.15, 1.5)
+    outside_province_share: Threshold = _signal(0.1, 2.0)
+    round_share: Threshold = _signal(0.1, 1.5)
+    after_hours_share: Threshold = _signal(0.06, 2.0)
+    split_share: Threshold = _signal(0.08, 2.5)
+    reversal_rate: Threshold = _signal(0.05, 1.5)
     terminal_volume_z: Threshold = _signal(3.5, 1.5)
-    far_apart: Threshold = _signal(3, 3.0)
+    far_apart: Threshold = _signal(0.01, 2.5)
 
 
 class Rules(BaseModel):
@@ -110,6 +109,10 @@ class Rules(BaseModel):
     burst_factor: Annotated[float, Field(ge=1, le=1e6)] = 10
     far_minutes: Annotated[float, Field(gt=0, le=1440)] = 60
     min_redemptions: Annotated[int, Field(ge=1, le=10**6)] = 5  # below: no share-based signal
+    far_apart_min: Annotated[int, Field(ge=1, le=10**6)] = 2  # redemptions, at the least
+    # the volume z-score: peers needed, and the least spread (of the log) it divides by
+    volume_min_peers: Annotated[int, Field(ge=3, le=10**6)] = 8
+    volume_min_spread: Annotated[float, Field(gt=0, le=10)] = 0.3
     signals: Signals = Field(default_factory=Signals)
 
     @field_validator("closes_at")
@@ -239,42 +242,67 @@ async def store_days(
 
 
 def _volumes(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
-    """Redemptions per terminal of every store, by (province, category, day)."""
+    """The logarithm of every store's redemptions per terminal, by (province, category, day):
+    store volumes are log-normal (a few big stores), so the z-score is taken on the log, where
+    an honest big store is ordinary and a store several times its peers stands out."""
     out: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for r in rows:
         if r["redemptions"] and r["terminals"]:
             key = (r["province"], r["category"], r["day"])
-            out[key].append(r["redemptions"] / r["terminals"])
+            out[key].append(math.log(r["redemptions"] / r["terminals"]))
     return out
 
 
-def robust_z(value: float, peers: Sequence[float]) -> tuple[float, float, float] | None:
-    """(z, median, MAD) of value among peers: (value - median) / (1.4826 * MAD); with a MAD of
-    0, the mean absolute deviation (times 1.2533) stands in. None: too few peers to say."""
-    if len(peers) < MIN_PEERS:
+def robust_z(
+    value: float, peers: Sequence[float], min_peers: int, min_spread: float
+) -> tuple[float, float, float] | None:
+    """(z, median, MAD) of value among peers: (value - median) / (1.4826 * MAD), the scale no
+    less than min_spread (a handful of alike peers would make any store an outlier). None:
+    fewer than min_peers to compare with."""
+    if len(peers) < min_peers:
         return None
     median = statistics.median(peers)
     mad = statistics.median(abs(p - median) for p in peers)
-    scale = 1.4826 * mad
-    if scale == 0:
-        scale = 1.2533 * statistics.fmean(abs(p - median) for p in peers)
-    if scale == 0:
-        return None
-    return (value - median) / scale, median, mad
+    return (value - median) / max(1.4826 * mad, min_spread), median, mad
 
 
 # -- the signals -------------------------------------------------------------------------------
 
 
+def wilson_lower(count: int, n: int, z: float = 1.645) -> float:
+    """The lower end of the one-sided 95 % (Wilson) confidence interval of a share count/n:
+    how high the share surely is, so that a few redemptions cannot fire a signal by chance."""
+    if n <= 0:
+        return 0.0
+    p = count / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z * z / n))
+
+
+# the share-based signals and the figure each counts
+SHARES: tuple[tuple[SignalName, str], ...] = (
+    ("emptied_share", "emptied"),
+    ("outside_province_share", "outside_province"),
+    ("round_share", "round_amounts"),
+    ("after_hours_share", "after_hours"),
+    ("split_share", "splits"),
+    ("reversal_rate", "reversals"),
+    ("far_apart", "far_apart"),
+)
+
+
 def signals_of(figures: dict[str, Any], rules: Rules) -> list[dict[str, Any]]:
-    """Every signal of one store-day that fired, with its numbers and points."""
+    """Every signal of one store-day that fired, with its numbers and points. A share fires
+    when its 95 % lower confidence bound reaches the threshold; a count or z-score, when it
+    does."""
     n = figures["redemptions"]
     fired: list[dict[str, Any]] = []
 
-    def check(name: SignalName, value: float, **numbers: Any) -> None:
+    def check(name: SignalName, value: float, measured: float, **numbers: Any) -> None:
         rule: Threshold = getattr(rules.signals, name)
-        if rule.weight > 0 and value >= rule.threshold:
-            strength = min(value / rule.threshold, MAX_STRENGTH)
+        if rule.weight > 0 and measured >= rule.threshold:
+            strength = min(measured / rule.threshold, MAX_STRENGTH)
             fired.append(
                 {
                     "signal": name,
@@ -288,40 +316,38 @@ def signals_of(figures: dict[str, Any], rules: Rules) -> list[dict[str, Any]]:
             )
 
     if n >= rules.min_redemptions:
-        for name, count in (
-            ("emptied_share", "emptied"),
-            ("outside_province_share", "outside_province"),
-            ("round_share", "round_amounts"),
-            ("after_hours_share", "after_hours"),
-            ("split_share", "splits"),
-        ):
-            check(name, figures[count] / n, count=figures[count], redemptions=n)  # type: ignore[arg-type]
-        check(
-            "reversal_rate",
-            figures["reversals"] / n,
-            reversals=figures["reversals"],
-            redemptions=n,
-        )
+        for name, count in SHARES:
+            k = figures[count]
+            if name == "far_apart" and k < rules.far_apart_min:
+                continue
+            lower = wilson_lower(min(k, n), n)
+            check(name, k / n, lower, count=k, redemptions=n, lower_bound=round(lower, 4))
     check(
         "burst_minutes",
+        figures["burst_minutes"],
         figures["burst_minutes"],
         burst_minutes=figures["burst_minutes"],
         burst_redemptions=figures["burst_redemptions"],
         peak_per_minute=figures["peak_per_minute"],
         redemptions=n,
     )
-    check("far_apart", figures["far_apart"], redemptions=figures["far_apart"])
     if n and figures["terminals"]:
         per_terminal = n / figures["terminals"]
-        z = robust_z(per_terminal, figures.get("peer_volumes", []))
+        z = robust_z(
+            math.log(per_terminal),
+            figures.get("peer_volumes", []),
+            rules.volume_min_peers,
+            rules.volume_min_spread,
+        )
         if z is not None:
             check(
                 "terminal_volume_z",
                 z[0],
+                z[0],
                 per_terminal=round(per_terminal, 2),
                 terminals=figures["terminals"],
-                peer_median=round(z[1], 2),
-                peer_mad=round(z[2], 2),
+                peer_median_per_terminal=round(math.exp(z[1]), 2),
+                peer_mad_log=round(z[2], 3),
                 peers=len(figures["peer_volumes"]),
             )
     return fired
