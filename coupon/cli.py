@@ -617,6 +617,28 @@ def _parser() -> argparse.ArgumentParser:
         f"{dates.SOLAR_HIJRI_BEFORE}: 1405-09-09, ۱۴۰۵/۰۹/۰۹)",
     )
 
+    insp = _command(
+        sub,
+        "inspect",
+        "stores ranked by their fraud signals for a day: score, the signals that fired and the "
+        "numbers behind them, and the ledger link of the rows",
+        _inspect,
+        details="The rules (thresholds, weights, opening hours) are those in force: GET/PUT "
+        "/v1/inspection/rules, or --rules to print them.",
+    )
+    insp.add_argument(
+        "--date",
+        type=_day,
+        default=None,
+        help="an Asia/Tehran day, Gregorian or Solar Hijri (default: today in Tehran)",
+    )
+    insp.add_argument("--province", default=None, help="only this province's stores (code)")
+    insp.add_argument(
+        "--limit", type=_positive, default=50, help="the top stores (default: %(default)s)"
+    )
+    insp.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    insp.add_argument("--rules", action="store_true", help="print the rules in force (JSON)")
+
     demo = _command(
         sub,
         "demo",
@@ -966,6 +988,67 @@ def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: csvsafe.cell(v) for k, v in row.items()} for row in rows)
+    return 0
+
+
+def _signals_text(signals: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{x['signal']}={x['value']:g} ("
+        + ", ".join(f"{k} {v:g}" for k, v in x["numbers"].items())
+        + ")"
+        for x in signals
+    )
+
+
+def _inspect(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from coupon import inspection
+
+    if args.rules:
+        rules = _with_database(settings, inspection.rules_in_force)
+        print(orjson.dumps(rules.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    day = args.date.date if args.date else inspection.today_in_tehran()
+    if args.date:
+        print(f"coupon: date: {args.date.interpretation()} (an Asia/Tehran day)", file=sys.stderr)
+    province = _province(args.province) if args.province else None
+
+    async def run(conn: db.Connection) -> Any:
+        return await inspection.ranking(conn, day, province, args.limit)
+
+    rules, rows = _with_database(settings, run)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        row["signal_names"] = ",".join(x["signal"] for x in row["signals"])
+        row["signals_text"] = _signals_text(row["signals"])
+    if args.csv:
+        columns = (
+            *("rank", "merchant_id", "name", "province", "category", "score", "redemptions"),
+            *("reversals", "households", "amount", "signals_text", "ledger"),
+        )
+        writer = csv.writer(sys.stdout)
+        writer.writerow([c.removesuffix("_text") for c in columns])
+        writer.writerows([csvsafe.cell(row[c]) for c in columns] for row in rows)
+    else:
+        _print_table(
+            rows,
+            (
+                "rank",
+                "merchant_id",
+                "province",
+                "category",
+                "score",
+                "redemptions",
+                "signal_names",
+                "ledger",
+            ),
+        )
+    where = f" in {province}" if province else ""
+    print(
+        f"{len(rows)} stores with signals on {day}{where} (rules version {rules.version})",
+        file=sys.stderr,
+    )
     return 0
 
 
