@@ -1266,6 +1266,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
                 ],
                 shoppers,
                 rate,
+                fraud_terminals=[
+                    simulator.Pos(t["terminal_id"], t["secret"], t["province"])
+                    for t in demo.fraudulent(seeded.terminals)
+                ],
             )
             await serve_until_stopped(
                 settings,

@@ -25,6 +25,7 @@ import datetime as dt
 import math
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -286,7 +287,7 @@ async def quality(tune: list[int], held_out: list[int]) -> dict[str, Any]:
                 p50, r50 = at_k(ids, generated.fraud, 50)
                 per_seed[seed] = {"precision@20": p20, "recall@20": r20,
                                   "precision@50": p50, "recall@50": r50}  # fmt: skip
-                print(seed, per_seed[seed], len(generated.rows), "rows", flush=True)
+                print(seed, per_seed[seed], len(generated.rows), "rows", file=sys.stderr)
         finally:
             await conn.close()
     for name, group in (("tuning_seeds", tune), ("held_out_seeds", held_out)):

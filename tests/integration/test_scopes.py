@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from coupon import tokens
+from coupon import inspection, tokens
 from coupon.api.routes import ROUTES
 from tests.integration.helpers import households_csv, national_ids, tranche_body
 
@@ -240,6 +240,16 @@ async def national_read(w: World, path: str) -> None:
         await expect(await w.client.get(path, headers=headers), 200)
 
 
+async def stats(w: World) -> None:
+    await national_read(w, "/v1/stats")
+    # all 31 provinces for everyone; a provincial token is told its own (the dashboard pins it)
+    resp = await w.client.get("/v1/stats", headers=w.operator)
+    assert len((await resp.json())["provinces"]) == 31
+    assert resp.headers["X-Token-Province"] == OWN
+    resp = await w.client.get("/v1/stats", headers=w.national)
+    assert "X-Token-Province" not in resp.headers
+
+
 async def settlement(w: World) -> None:
     path = "/v1/reports/settlement?date=2026-01-01"
     for headers in (w.operator, w.auditor):
@@ -275,7 +285,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/ledger.csv"): lambda w: ledger(w, "/v1/ledger.csv"),
     ("GET", "/v1/ledger/verify"): verify,
     ("GET", "/v1/reports/settlement"): settlement,
-    ("GET", "/v1/stats"): lambda w: national_read(w, "/v1/stats"),
+    ("GET", "/v1/stats"): stats,
     ("GET", "/v1/stats/stream"): stream,
     ("GET", "/v1/stats/tranches"): lambda w: national_read(w, "/v1/stats/tranches"),
     ("GET", "/v1/stats/history"): lambda w: national_read(w, "/v1/stats/history"),
@@ -330,6 +340,10 @@ async def test_a_provincial_auditor_reads_its_province_ledger(
     resp = await world.client.get("/v1/ledger.csv", headers=world.auditor)
     text = await resp.text()
     assert "r-" + OWN in text and "r-" + OTHER not in text
+    today = inspection.today_in_tehran()
+    for headers, expected in ((world.auditor, 1), (world.national, 2)):
+        resp = await world.client.get(f"/v1/reports/settlement?date={today}", headers=headers)
+        assert len((await expect(resp, 200))["merchants"]) == expected
     national_auditor = bearer(await tokens.create_token(conn, "auditor", "national"))
     resp = await world.client.get("/v1/ledger", headers=national_auditor)
     assert len((await expect(resp, 200))["entries"]) == 2
