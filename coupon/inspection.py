@@ -166,21 +166,21 @@ async def rules_in_force(conn: db.Connection, version: int | None = None) -> Rul
         return RuleSet(
             version=0, rules=Rules(), note="built-in defaults", created_by="", created_at=None
         )
-    return RuleSet.model_validate({**dict(row), "rules": Rules.model_validate(row["rules"])})
+    return RuleSet.model_validate({**dict(row), "rules": Rules.model_validate_json(row["rules"])})
 
 
 async def save_rules(conn: db.Connection, rules: Rules, note: str, by: str) -> RuleSet:
     """Store the rules as the next version, which applies from now on."""
     try:
         row = await conn.fetchrow(
-            db.q("insert_inspection_rules"), rules.model_dump(mode="json"), note, by
+            db.q("insert_inspection_rules"), rules.model_dump_json(), note, by
         )
     except asyncpg.UniqueViolationError:
         raise errors.Conflict(
             "another change of the rules came first: read them and retry"
         ) from None
     assert row is not None
-    return RuleSet.model_validate({**dict(row), "rules": Rules.model_validate(row["rules"])})
+    return RuleSet.model_validate({**dict(row), "rules": Rules.model_validate_json(row["rules"])})
 
 
 # -- the figures -------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class RulesChange(Model):
     """PUT /v1/inspection/rules: the whole rule set (fields left out take their defaults)."""
 
     rules: inspection.Rules
-    note: Annotated[str, StringConstraints(max_length=500)] = ""
+    note: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")] = ""
 
 
 class FiredSignal(BaseModel):
@@ -96,8 +96,19 @@ class StoreHistory(BaseModel):
     days: list[StoreDay]
 
 
+# the days inspection answers for: the programme's, with room on both sides
+FIRST_DAY, LAST_DAY = dt.date(2000, 1, 1), dt.date(2099, 12, 31)
+
+
 def _day(raw: str | None) -> dt.date | None:
-    return None if raw is None else parse_day(raw)
+    if raw is None:
+        return None
+    day = parse_day(raw)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise errors.InvalidRequest(
+            f"dates are {FIRST_DAY}..{LAST_DAY}", [{"field": "date", "message": "out of range"}]
+        )
+    return day
 
 
 async def get_ranking(request: web.Request) -> web.Response:

@@ -872,11 +872,12 @@ minutes AS (
 ),
 bursts AS (
     SELECT mi.merchant_id, mi.day, max(mi.n) AS peak_per_minute,
-           count(*) FILTER (WHERE mi.n >= greatest($11::int, $12::float8 * f.redemptions / ($8::int - $7::int)))
-               AS burst_minutes,
-           sum(mi.n) FILTER (WHERE mi.n >= greatest($11::int, $12::float8 * f.redemptions / ($8::int - $7::int)))
-               AS burst_redemptions
-    FROM minutes mi JOIN figures f USING (merchant_id, day)
+           count(*) FILTER (WHERE mi.n >= f.burst_at) AS burst_minutes,
+           sum(mi.n) FILTER (WHERE mi.n >= f.burst_at) AS burst_redemptions
+    FROM minutes mi
+    JOIN (SELECT merchant_id, day,
+                 greatest($11::int, $12::float8 * redemptions / ($8::int - $7::int)) AS burst_at
+          FROM figures) f USING (merchant_id, day)
     GROUP BY mi.merchant_id, mi.day
 ),
 reversals AS (
@@ -920,13 +921,13 @@ SELECT id, name, province, category FROM merchants WHERE id = $1;
 -- name: inspection_rules
 -- The newest version of the inspection rules (none: the built-in defaults apply), or version
 -- $1 when given.
-SELECT version, rules, note, created_by, created_at FROM inspection_rules
+SELECT version, rules::text AS rules, note, created_by, created_at FROM inspection_rules
 WHERE $1::integer IS NULL OR version = $1
 ORDER BY version DESC LIMIT 1;
 
 -- name: insert_inspection_rules
--- A new version of the inspection rules (the next number; a concurrent writer of the same
--- number fails on the primary key).
+-- A new version of the inspection rules, given as JSON text (the next number; a concurrent
+-- writer of the same number fails on the primary key).
 INSERT INTO inspection_rules (version, rules, note, created_by)
-SELECT coalesce(max(version), 0) + 1, $1, $2, $3 FROM inspection_rules
-RETURNING version, rules, note, created_by, created_at;
+SELECT coalesce(max(version), 0) + 1, $1::text::jsonb, $2, $3 FROM inspection_rules
+RETURNING version, rules::text AS rules, note, created_by, created_at;

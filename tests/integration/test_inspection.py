@@ -359,6 +359,8 @@ async def test_store_history_per_day(
     [
         ("/v1/inspection/stores?date=2026-13-01", 422, "invalid_request"),
         ("/v1/inspection/stores?date=yesterday", 422, "invalid_request"),
+        ("/v1/inspection/stores?date=9999-12-31", 422, "invalid_request"),
+        ("/v1/inspection/stores/1?from=0001-01-01", 422, "invalid_request"),
         ("/v1/inspection/stores?limit=0", 422, "invalid_request"),
         ("/v1/inspection/stores?province=IR-1", 422, "invalid_request"),
         ("/v1/inspection/stores/999999", 404, "merchant_not_found"),
@@ -483,3 +485,6 @@ async def test_inspect_prints_a_table_or_csv(
     assert code == 0 and out.splitlines()[1:] == []
     code, out, _ = await coupon(dsn, "inspect", "--rules")
     assert code == 0 and '"version": 0' in out
+    await inspection.save_rules(conn, inspection.Rules(min_redemptions=6), "cli", "test")
+    code, out, _ = await coupon(dsn, "inspect", "--rules")
+    assert code == 0 and '"version": 1' in out and '"min_redemptions": 6' in out
