@@ -857,7 +857,8 @@ figures AS (
            count(*) FILTER (WHERE EXISTS (
                SELECT FROM ledger o JOIN merchants om ON om.id = o.merchant_id
                WHERE o.national_id = r.national_id AND o.seq > $5 AND o.seq < $6
-                 AND o.kind = 'redemption' AND om.province <> r.province
+                 AND o.kind = 'redemption' AND o.merchant_id <> r.merchant_id
+                 AND om.province <> r.province
                  AND o.created_at BETWEEN r.created_at - make_interval(secs => $13::float8)
                                       AND r.created_at + make_interval(secs => $13::float8)))
                AS far_apart
