@@ -8,12 +8,13 @@ with the numbers behind it. Nothing here runs on the redemption path."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import statistics
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -237,33 +238,42 @@ async def store_days(
         else:
             volumes = _volumes(figures)
     for f in figures:
-        f["peer_volumes"] = volumes.get((f["province"], f["category"], f["day"]), [])
+        f["peers"] = volumes.get((f["province"], f["category"], f["day"]))
     return figures
 
 
-def _volumes(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
-    """The logarithm of every store's redemptions per terminal, by (province, category, day):
-    store volumes are log-normal (a few big stores), so the z-score is taken on the log, where
-    an honest big store is ordinary and a store several times its peers stands out."""
-    out: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+@dataclasses.dataclass(frozen=True)
+class Peers:
+    """The stores a store's volume is compared with: how many, and the median and MAD of the
+    log of their redemptions per terminal."""
+
+    count: int
+    median: float
+    mad: float
+
+
+def _volumes(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], Peers]:
+    """The peers of every (province, category, day). The z-score is taken on the logarithm of
+    the volume: store volumes are log-normal (a few big stores), so an honest big store is
+    ordinary there and a store several times its peers stands out."""
+    logs: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for r in rows:
         if r["redemptions"] and r["terminals"]:
             key = (r["province"], r["category"], r["day"])
-            out[key].append(math.log(r["redemptions"] / r["terminals"]))
+            logs[key].append(math.log(r["redemptions"] / r["terminals"]))
+    out = {}
+    for key, values in logs.items():
+        median = statistics.median(values)
+        out[key] = Peers(len(values), median, statistics.median(abs(v - median) for v in values))
     return out
 
 
-def robust_z(
-    value: float, peers: Sequence[float], min_peers: int, min_spread: float
-) -> tuple[float, float, float] | None:
-    """(z, median, MAD) of value among peers: (value - median) / (1.4826 * MAD), the scale no
-    less than min_spread (a handful of alike peers would make any store an outlier). None:
-    fewer than min_peers to compare with."""
-    if len(peers) < min_peers:
+def robust_z(value: float, peers: Peers | None, min_peers: int, min_spread: float) -> float | None:
+    """(value - median) / (1.4826 * MAD) among peers, the scale no less than min_spread (a
+    handful of alike peers would make any store an outlier). None: fewer than min_peers."""
+    if peers is None or peers.count < min_peers:
         return None
-    median = statistics.median(peers)
-    mad = statistics.median(abs(p - median) for p in peers)
-    return (value - median) / max(1.4826 * mad, min_spread), median, mad
+    return (value - peers.median) / max(1.4826 * peers.mad, min_spread)
 
 
 # -- the signals -------------------------------------------------------------------------------
@@ -333,22 +343,18 @@ def signals_of(figures: dict[str, Any], rules: Rules) -> list[dict[str, Any]]:
     )
     if n and figures["terminals"]:
         per_terminal = n / figures["terminals"]
-        z = robust_z(
-            math.log(per_terminal),
-            figures.get("peer_volumes", []),
-            rules.volume_min_peers,
-            rules.volume_min_spread,
-        )
-        if z is not None:
+        peers: Peers | None = figures.get("peers")
+        z = robust_z(math.log(per_terminal), peers, rules.volume_min_peers, rules.volume_min_spread)
+        if z is not None and peers is not None:
             check(
                 "terminal_volume_z",
-                z[0],
-                z[0],
+                z,
+                z,
                 per_terminal=round(per_terminal, 2),
                 terminals=figures["terminals"],
-                peer_median_per_terminal=round(math.exp(z[1]), 2),
-                peer_mad_log=round(z[2], 3),
-                peers=len(figures["peer_volumes"]),
+                peer_median_per_terminal=round(math.exp(peers.median), 2),
+                peer_mad_log=round(peers.mad, 3),
+                peers=peers.count,
             )
     return fired
 

@@ -32,9 +32,10 @@ from typing import Any
 
 import asyncpg
 
-from coupon import inspection
+from coupon import inspection, logins
+from coupon.embedded import EmbeddedPostgres
 from coupon.provinces import iran_provinces
-from loadtest.common import bench_database, print_result
+from loadtest.common import OUT, bench_database, print_result
 
 STORES = 1000
 FRAUDULENT = 10
@@ -312,6 +313,8 @@ async def quality(tune: list[int], held_out: list[int]) -> dict[str, Any]:
 SCALE_STORES = 260_000
 SCALE_DAYS = 30
 SCALE_HOUSEHOLDS = 20_000_000
+SCALE_FIRST_DAY = dt.date(2026, 3, 21)
+SCALE_DATABASE = "coupon_bench_inspection_scale"
 
 # Stores by the same skewed province weights (seed 1), ids 1..N; category by a hash.
 SCALE_MERCHANTS = """
@@ -351,8 +354,8 @@ FROM ledger WHERE seq BETWEEN $1 AND $2
 """
 
 
-async def scale(rows: int, samples: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"rows": rows, "stores": SCALE_STORES, "days": SCALE_DAYS}
+async def build(conn: asyncpg.Connection, rows: int) -> float:
+    """The scale data set; returns the seconds it took."""
     rng = random.Random(1)
     weights = province_weights(rng)
     total = sum(weights.values())
@@ -362,59 +365,82 @@ async def scale(rows: int, samples: int) -> dict[str, Any]:
         codes.append(code)
         upto.append(min(acc, 1.0))
     upto[-1] = 1.0
-    first_day = dt.date(2026, 3, 21)
-    start = inspection.tehran_midnight(first_day)
-    async with bench_database("coupon_bench_inspection_scale") as dsn:
+    start = inspection.tehran_midnight(SCALE_FIRST_DAY)
+    started = time.perf_counter()
+    await conn.execute("SET synchronous_commit = off")
+    await conn.execute(SCALE_MERCHANTS, SCALE_STORES, codes, upto)
+    await conn.execute(SCALE_TERMINALS, SCALE_STORES)
+    # the ledger's indexes are built once, after the rows: far faster than row by row
+    indexes = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ledger' "
+        "AND indexname <> 'ledger_pkey'"
+    )
+    for ix in indexes:
+        await conn.execute(f'DROP INDEX "{ix["indexname"]}"')
+    step = 1_000_000
+    for first in range(1, rows + 1, step):
+        await conn.execute(
+            SCALE_LEDGER, first, rows, start, SCALE_DAYS * 86400.0, SCALE_HOUSEHOLDS,
+            min(first + step - 1, rows), SCALE_STORES,
+        )  # fmt: skip
+    for ix in indexes:
+        await conn.execute(ix["indexdef"])
+    for first in range(1, rows + 1, step):
+        await conn.execute(SCALE_ANSWERS, first, min(first + step - 1, rows))
+    await conn.execute("SELECT setval(pg_get_serial_sequence('ledger', 'seq'), $1)", rows)
+    await conn.execute("VACUUM ANALYZE")
+    return time.perf_counter() - started
+
+
+async def measure(conn: asyncpg.Connection, samples: int) -> dict[str, Any]:
+    """Time the ranking of province-days: the largest province's and the median one's."""
+    out: dict[str, Any] = {}
+    sizes = await conn.fetch(
+        "SELECT m.province, count(*) AS n FROM ledger l JOIN merchants m "
+        "ON m.id = l.merchant_id GROUP BY 1 ORDER BY 2 DESC"
+    )
+    out["rows"] = sum(r["n"] for r in sizes)
+    largest, typical = sizes[0]["province"], sizes[len(sizes) // 2]["province"]
+    for label, province in (("largest", largest), ("typical", typical)):
+        timings = []
+        for k in range(samples):
+            day = SCALE_FIRST_DAY + dt.timedelta(days=1 + k % (SCALE_DAYS - 2))
+            began = time.perf_counter()
+            _, ranked = await inspection.ranking(conn, day, province, 50)
+            timings.append(time.perf_counter() - began)
+        timings.sort()
+        per_day = next(r["n"] for r in sizes if r["province"] == province) / SCALE_DAYS
+        out[f"{label}_province"] = {
+            "province": province,
+            "rows_per_day": round(per_day),
+            "samples": samples,
+            "p50_ms": round(timings[len(timings) // 2] * 1000, 1),
+            "p95_ms": round(timings[min(len(timings) - 1, int(len(timings) * 0.95))] * 1000, 1),
+            "max_ms": round(timings[-1] * 1000, 1),
+            "flagged": len(ranked),
+        }
+    return out
+
+
+async def scale(rows: int, samples: int, reuse: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"stores": SCALE_STORES, "days": SCALE_DAYS}
+    if reuse:  # the database a previous run built, on its embedded server
+        server = EmbeddedPostgres(OUT / "pg", durable=True)
+        admin = server.start()
+        try:
+            conn = await asyncpg.connect(logins.dsn_for(admin, database=SCALE_DATABASE))
+            try:
+                out.update(await measure(conn, samples))
+            finally:
+                await conn.close()
+        finally:
+            server.stop()
+        return out
+    async with bench_database(SCALE_DATABASE) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
-            started = time.perf_counter()
-            await conn.execute("SET synchronous_commit = off")
-            await conn.execute(SCALE_MERCHANTS, SCALE_STORES, codes, upto)
-            await conn.execute(SCALE_TERMINALS, SCALE_STORES)
-            # the ledger's indexes are built once, after the rows: far faster than row by row
-            indexes = await conn.fetch(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ledger' "
-                "AND indexname <> 'ledger_pkey'"
-            )
-            for ix in indexes:
-                await conn.execute(f'DROP INDEX "{ix["indexname"]}"')
-            step = 1_000_000
-            for first in range(1, rows + 1, step):
-                await conn.execute(
-                    SCALE_LEDGER, first, rows, start, SCALE_DAYS * 86400.0, SCALE_HOUSEHOLDS,
-                    min(first + step - 1, rows), SCALE_STORES,
-                )  # fmt: skip
-            for ix in indexes:
-                await conn.execute(ix["indexdef"])
-            for first in range(1, rows + 1, step):
-                await conn.execute(SCALE_ANSWERS, first, min(first + step - 1, rows))
-            await conn.execute("SELECT setval(pg_get_serial_sequence('ledger', 'seq'), $1)", rows)
-            await conn.execute("VACUUM ANALYZE")
-            out["build_s"] = round(time.perf_counter() - started, 1)
-            sizes = await conn.fetch(
-                "SELECT m.province, count(*) AS n FROM ledger l JOIN merchants m "
-                "ON m.id = l.merchant_id GROUP BY 1 ORDER BY 2 DESC"
-            )
-            largest, typical = sizes[0]["province"], sizes[len(sizes) // 2]["province"]
-            for label, province in (("largest", largest), ("typical", typical)):
-                timings = []
-                for k in range(samples):
-                    day = first_day + dt.timedelta(days=1 + k % (SCALE_DAYS - 2))
-                    began = time.perf_counter()
-                    _, ranked = await inspection.ranking(conn, day, province, 50)
-                    timings.append(time.perf_counter() - began)
-                timings.sort()
-                per_day = next(r["n"] for r in sizes if r["province"] == province) / SCALE_DAYS
-                out[f"{label}_province"] = {
-                    "province": province,
-                    "rows_per_day": round(per_day),
-                    "p50_ms": round(timings[len(timings) // 2] * 1000, 1),
-                    "p95_ms": round(
-                        timings[min(len(timings) - 1, int(len(timings) * 0.95))] * 1000, 1
-                    ),
-                    "max_ms": round(timings[-1] * 1000, 1),
-                    "flagged": len(ranked),
-                }
+            out["build_s"] = round(await build(conn, rows), 1)
+            out.update(await measure(conn, samples))
         finally:
             await conn.close()
     return out
@@ -431,11 +457,12 @@ def main() -> None:
     s = sub.add_parser("scale", help="one province-day's ranking at scale")
     s.add_argument("--rows", type=int, default=10_000_000)
     s.add_argument("--samples", type=int, default=40)
+    s.add_argument("--reuse", action="store_true", help="measure the database built last time")
     args = parser.parse_args()
     if args.what == "quality":
         result = asyncio.run(quality(seeds(args.tune), seeds(args.report) if args.report else []))
     else:
-        result = asyncio.run(scale(args.rows, args.samples))
+        result = asyncio.run(scale(args.rows, args.samples, args.reuse))
     print_result("loadtest.inspection", result)
 
 

@@ -822,86 +822,66 @@ SELECT coalesce((SELECT seq FROM ledger
 -- amounts that are multiples of $9 are round, a household's repeat at the same store within
 -- $10 seconds is a split, a minute of at least greatest($11, $12 * the store's redemptions per
 -- opening minute) redemptions is a burst, the same household at a store of another province
--- within $13 seconds is far apart. Every ledger row is reached by the store's index
--- (merchant_id, seq); the per-row look-ups are key probes.
+-- within $13 seconds is far apart. The store's rows are reached by its index
+-- (merchant_id, seq) or the seq range; windows mark each row, one aggregate counts (no join of
+-- per-store results, whose sizes the planner cannot guess); the per-row look-ups are key
+-- probes.
 WITH rows AS MATERIALIZED (
     SELECT l.seq, l.kind, l.merchant_id, l.terminal_id, l.request_id, l.national_id,
-           l.province AS household_province, l.amount, l.created_at, m.province,
-           (l.created_at AT TIME ZONE 'Asia/Tehran') AS local_at
+           l.province AS household_province, l.amount, l.created_at, m.province, m.category,
+           m.name, (l.created_at AT TIME ZONE 'Asia/Tehran') AS local_at
     FROM merchants m
     JOIN ledger l ON l.merchant_id = m.id AND l.seq > $5 AND l.seq < $6
     WHERE ($3::text IS NULL OR m.province = $3) AND ($4::bigint IS NULL OR m.id = $4)
       AND l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
       AND l.created_at < ($2::date::timestamp AT TIME ZONE 'Asia/Tehran')
 ),
-redemptions AS MATERIALIZED (
-    SELECT r.*, r.local_at::date AS day,
-           lag(r.created_at) OVER (PARTITION BY r.merchant_id, r.national_id
-                                   ORDER BY r.created_at, r.seq) AS previous_at
-    FROM rows r WHERE r.kind = 'redemption'
-),
-figures AS (
-    SELECT r.merchant_id, r.day,
-           count(*) AS redemptions,
-           count(DISTINCT r.terminal_id) AS terminals,
-           count(DISTINCT r.national_id) AS households,
-           sum(r.amount)::bigint AS amount,
-           count(*) FILTER (WHERE t.remaining = 0) AS emptied,
-           count(*) FILTER (WHERE r.household_province <> r.province) AS outside_province,
-           count(*) FILTER (WHERE r.amount % $9::bigint = 0) AS round_amounts,
-           count(*) FILTER (
-               WHERE extract(hour FROM r.local_at) * 60 + extract(minute FROM r.local_at)
-                     NOT BETWEEN $7::int AND $8::int - 1) AS after_hours,
-           count(*) FILTER (
-               WHERE r.previous_at > r.created_at - make_interval(secs => $10::float8)) AS splits,
-           count(*) FILTER (WHERE EXISTS (
-               SELECT FROM ledger o JOIN merchants om ON om.id = o.merchant_id
-               WHERE o.national_id = r.national_id AND o.seq > $5 AND o.seq < $6
-                 AND o.kind = 'redemption' AND o.merchant_id <> r.merchant_id
-                 AND om.province <> r.province
-                 AND o.created_at BETWEEN r.created_at - make_interval(secs => $13::float8)
-                                      AND r.created_at + make_interval(secs => $13::float8)))
-               AS far_apart
-    FROM redemptions r
-    LEFT JOIN terminal_requests t
-           ON t.terminal_id = r.terminal_id AND t.request_id = r.request_id
-    GROUP BY r.merchant_id, r.day
-),
-minutes AS (
-    SELECT merchant_id, day, date_trunc('minute', local_at) AS minute, count(*) AS n
-    FROM redemptions GROUP BY 1, 2, 3
-),
-bursts AS (
-    SELECT mi.merchant_id, mi.day, max(mi.n) AS peak_per_minute,
-           count(*) FILTER (WHERE mi.n >= f.burst_at) AS burst_minutes,
-           sum(mi.n) FILTER (WHERE mi.n >= f.burst_at) AS burst_redemptions
-    FROM minutes mi
-    JOIN (SELECT merchant_id, day,
-                 greatest($11::int, $12::float8 * redemptions / ($8::int - $7::int)) AS burst_at
-          FROM figures) f USING (merchant_id, day)
-    GROUP BY mi.merchant_id, mi.day
-),
-reversals AS (
-    SELECT merchant_id, local_at::date AS day, count(*) AS reversals
-    FROM rows WHERE kind = 'reversal' GROUP BY 1, 2
+marked AS (
+    SELECT r.*, r.local_at::date AS day, date_trunc('minute', r.local_at) AS minute,
+           lag(r.created_at) OVER (PARTITION BY r.merchant_id, r.kind, r.national_id
+                                   ORDER BY r.created_at, r.seq) AS previous_at,
+           count(*) OVER (PARTITION BY r.merchant_id, r.kind, r.local_at::date,
+                                       date_trunc('minute', r.local_at)) AS in_minute,
+           count(*) OVER (PARTITION BY r.merchant_id, r.kind, r.local_at::date) AS in_day
+    FROM rows r
 )
-SELECT m.id AS merchant_id, m.name, m.province, m.category, d.day,
-       coalesce(f.redemptions, 0) AS redemptions, coalesce(f.terminals, 0) AS terminals,
-       coalesce(f.households, 0) AS households, coalesce(f.amount, 0)::bigint AS amount,
-       coalesce(f.emptied, 0) AS emptied, coalesce(f.outside_province, 0) AS outside_province,
-       coalesce(f.round_amounts, 0) AS round_amounts,
-       coalesce(f.after_hours, 0) AS after_hours, coalesce(f.splits, 0) AS splits,
-       coalesce(f.far_apart, 0) AS far_apart,
-       coalesce(b.peak_per_minute, 0) AS peak_per_minute,
-       coalesce(b.burst_minutes, 0) AS burst_minutes,
-       coalesce(b.burst_redemptions, 0)::bigint AS burst_redemptions,
-       coalesce(v.reversals, 0) AS reversals
-FROM (SELECT merchant_id, day FROM figures UNION SELECT merchant_id, day FROM reversals) d
-JOIN merchants m ON m.id = d.merchant_id
-LEFT JOIN figures f USING (merchant_id, day)
-LEFT JOIN bursts b USING (merchant_id, day)
-LEFT JOIN reversals v USING (merchant_id, day)
-ORDER BY d.day, m.id;
+SELECT r.merchant_id, r.name, r.province, r.category, r.day,
+       count(*) FILTER (WHERE r.kind = 'redemption') AS redemptions,
+       count(DISTINCT r.terminal_id) FILTER (WHERE r.kind = 'redemption') AS terminals,
+       count(DISTINCT r.national_id) FILTER (WHERE r.kind = 'redemption') AS households,
+       coalesce(sum(r.amount) FILTER (WHERE r.kind = 'redemption'), 0)::bigint AS amount,
+       count(*) FILTER (WHERE t.remaining = 0) AS emptied,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND r.household_province <> r.province)
+           AS outside_province,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND r.amount % $9::bigint = 0)
+           AS round_amounts,
+       count(*) FILTER (
+           WHERE r.kind = 'redemption'
+             AND extract(hour FROM r.local_at) * 60 + extract(minute FROM r.local_at)
+                 NOT BETWEEN $7::int AND $8::int - 1) AS after_hours,
+       count(*) FILTER (
+           WHERE r.kind = 'redemption'
+             AND r.previous_at > r.created_at - make_interval(secs => $10::float8)) AS splits,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND EXISTS (
+           SELECT FROM ledger o JOIN merchants om ON om.id = o.merchant_id
+           WHERE o.national_id = r.national_id AND o.seq > $5 AND o.seq < $6
+             AND o.kind = 'redemption' AND o.merchant_id <> r.merchant_id
+             AND om.province <> r.province
+             AND o.created_at BETWEEN r.created_at - make_interval(secs => $13::float8)
+                                  AND r.created_at + make_interval(secs => $13::float8)))
+           AS far_apart,
+       coalesce(max(r.in_minute) FILTER (WHERE r.kind = 'redemption'), 0) AS peak_per_minute,
+       count(DISTINCT r.minute) FILTER (WHERE r.kind = 'redemption' AND r.in_minute
+           >= greatest($11::int, $12::float8 * r.in_day / ($8::int - $7::int))) AS burst_minutes,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND r.in_minute
+           >= greatest($11::int, $12::float8 * r.in_day / ($8::int - $7::int)))
+           AS burst_redemptions,
+       count(*) FILTER (WHERE r.kind = 'reversal') AS reversals
+FROM marked r
+LEFT JOIN terminal_requests t
+       ON r.kind = 'redemption' AND t.terminal_id = r.terminal_id AND t.request_id = r.request_id
+GROUP BY r.day, r.merchant_id, r.name, r.province, r.category
+ORDER BY r.day, r.merchant_id;
 
 -- name: inspection_peer_volumes
 -- Redemptions and terminals per store and Asia/Tehran day [$1, $2) of the stores of province
