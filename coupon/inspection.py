@@ -8,6 +8,7 @@ with the numbers behind it. Nothing here runs on the redemption path."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import math
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import orjson
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from coupon import audit, db, errors
@@ -237,6 +239,12 @@ async def store_days(
             )
         else:
             volumes = _volumes(figures)
+    return _with_peers(figures, volumes)
+
+
+def _with_peers(
+    figures: list[dict[str, Any]], volumes: dict[tuple[Any, ...], Peers]
+) -> list[dict[str, Any]]:
     for f in figures:
         f["peers"] = volumes.get((f["province"], f["category"], f["day"]))
     return figures
@@ -379,14 +387,36 @@ def report(figures: dict[str, Any], rules: Rules) -> dict[str, Any]:
     }
 
 
+# a day's ranking is kept once this long past its end: no row of it is still being written
+CLOSED_AFTER = dt.timedelta(minutes=15)
+
+
 async def ranking(
     conn: db.Connection, day: dt.date, province: str | None, limit: int
 ) -> tuple[RuleSet, list[dict[str, Any]]]:
-    """The stores of one day (and province) with a score above 0, highest first."""
+    """The stores of one day (and province) with a score above 0, highest first. A closed
+    day's is computed by the first request that needs it under these rules and kept
+    (inspection_days): its ledger rows can no longer change."""
     rules = await rules_in_force(conn)
+    closed = dt.datetime.now(dt.UTC) >= tehran_midnight(day) + dt.timedelta(days=1) + CLOSED_AFTER
+    key = province or "*"
+    params = rules.rules.model_dump_json()
+    if closed:
+        kept = await conn.fetchval(db.q("inspection_day_ranking"), day, key, params)
+        if kept is not None:
+            rows: list[dict[str, Any]] = orjson.loads(kept)
+            for r in rows:
+                r["date"] = dt.date.fromisoformat(r["date"])
+            return rules, rows[:limit]
     figures = await store_days(conn, rules.rules, day, day, province=province)
     rows = [r for r in (report(f, rules.rules) for f in figures) if r["score"] > 0]
     rows.sort(key=lambda r: (-r["score"], -r["redemptions"], r["merchant_id"]))
+    if closed:
+        # a read-only login cannot keep it: computed again next time
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                db.q("save_inspection_day_ranking"), day, key, params, orjson.dumps(rows).decode()
+            )
     return rules, rows[:limit]
 
 

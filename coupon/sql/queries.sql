@@ -912,3 +912,12 @@ ORDER BY version DESC LIMIT 1;
 INSERT INTO inspection_rules (version, rules, note, created_by)
 SELECT coalesce(max(version), 0) + 1, $1::text::jsonb, $2, $3 FROM inspection_rules
 RETURNING version, rules::text AS rules, note, created_by, created_at;
+
+-- name: inspection_day_ranking
+-- The ranking of a closed province-day computed earlier under these rules, if any.
+SELECT ranking FROM inspection_days WHERE day = $1 AND province = $2 AND params = $3;
+
+-- name: save_inspection_day_ranking
+-- Keep the ranking of a closed province-day (a concurrent request may have kept it first).
+INSERT INTO inspection_days (day, province, params, ranking) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING;

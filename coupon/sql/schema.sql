@@ -192,6 +192,18 @@ CREATE TABLE inspection_rules (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The inspection ranking of a closed province-day (every ledger row of it committed), computed
+-- once by the first request that needs it under the same rules (`params`, as JSON) and read by
+-- the next ones; `ranking` is the JSON array of the stores that scored.
+CREATE TABLE inspection_days (
+    day         date NOT NULL,
+    province    text NOT NULL,  -- the stores' ('*': every province)
+    params      text NOT NULL,
+    ranking     text NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT inspection_days_pkey PRIMARY KEY (day, province, params)
+);
+
 -- Drawn from whenever a terminal's secret is made or changes: every process polls it and
 -- forgets the secrets it cached when it moved.
 CREATE SEQUENCE terminal_key_changes_seq;

@@ -488,3 +488,37 @@ async def test_inspect_prints_a_table_or_csv(
     await inspection.save_rules(conn, inspection.Rules(min_redemptions=6), "cli", "test")
     code, out, _ = await coupon(dsn, "inspect", "--rules")
     assert code == 0 and '"version": 1' in out and '"min_redemptions": 6' in out
+
+
+# -- closed days are computed once ---------------------------------------------------------------
+
+
+async def test_a_closed_day_is_ranked_once_per_rules(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    store = await ledger.store()
+    await ledger.many(store, 14, remaining=0)
+    _, first = await inspection.ranking(conn, DAY, "IR-15", 10)
+    assert await conn.fetchval("SELECT count(*) FROM inspection_days") == 1
+    # a row slipped in behind the service's back does not change the kept figures
+    await ledger.redeem(store, at(12, 30), remaining=0)
+    _, again = await inspection.ranking(conn, DAY, "IR-15", 10)
+    assert again == first and again[0]["redemptions"] == 14
+    # other rules: computed anew
+    await inspection.save_rules(conn, inspection.Rules(opens_at="08:00"), "", "test")
+    rules, recomputed = await inspection.ranking(conn, DAY, "IR-15", 10)
+    assert rules.version == 1 and recomputed[0]["redemptions"] == 15
+    assert await conn.fetchval("SELECT count(*) FROM inspection_days") == 2
+    _, everywhere = await inspection.ranking(conn, DAY, None, 10)
+    assert everywhere == recomputed
+    assert await conn.fetchval("SELECT count(*) FROM inspection_days") == 3
+
+
+async def test_today_is_never_kept(conn: asyncpg.Connection, ledger: Ledger) -> None:
+    store = await ledger.store()
+    today = inspection.today_in_tehran()
+    now = dt.datetime.now(TEHRAN)
+    for k in range(8):
+        await ledger.redeem(store, now - dt.timedelta(seconds=k), remaining=0)
+    _, ranked = await inspection.ranking(conn, today, None, 10)
+    assert ranked and not await conn.fetchval("SELECT count(*) FROM inspection_days")

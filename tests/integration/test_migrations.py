@@ -161,6 +161,7 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         after = await _fingerprint(conn)
         assert after.pop("ledger_block_signatures")[0] == 0  # new, and empty
         assert after.pop("inspection_rules")[0] == 0  # new, and empty
+        assert after.pop("inspection_days")[0] == 0
         # terminals have new columns: the old ones compared, then the secret encrypted
         assert after.pop("terminals") != before.pop("terminals")
         # so have stores: a category, the default for those that had none

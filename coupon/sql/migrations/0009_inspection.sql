@@ -21,5 +21,18 @@ CREATE TABLE inspection_rules (
     created_by text NOT NULL DEFAULT '',
     created_at timestamptz NOT NULL DEFAULT now()
 );
-GRANT SELECT ON inspection_rules TO coupon_reader;
+-- The inspection ranking of a closed province-day (every ledger row of it committed), computed
+-- once by the first request that needs it under the same rules (`params`, as JSON) and read by
+-- the next ones; `ranking` is the JSON array of the stores that scored.
+CREATE TABLE inspection_days (
+    day         date NOT NULL,
+    province    text NOT NULL,  -- the stores' ('*': every province)
+    params      text NOT NULL,
+    ranking     text NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT inspection_days_pkey PRIMARY KEY (day, province, params)
+);
+
+GRANT SELECT ON inspection_rules, inspection_days TO coupon_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON inspection_days TO coupon_writer;
 GRANT SELECT, INSERT ON inspection_rules TO coupon_writer;
