@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import orjson
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from coupon import audit, db, errors
 
@@ -75,7 +75,7 @@ HourMinute = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5
 class Threshold(BaseModel):
     """When a signal fires (value >= threshold) and what it adds to the score."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     threshold: Annotated[float, Field(gt=0, le=1e9)]
     weight: Annotated[float, Field(ge=0, le=100)]
@@ -86,7 +86,7 @@ def _signal(threshold: float, weight: float) -> Any:
 
 
 class Signals(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     emptied_share: Threshold = _signal(0.22, 2.0)
     burst_minutes: Threshold = _signal(2, 3.0)
@@ -102,7 +102,7 @@ class Signals(BaseModel):
 class Rules(BaseModel):
     """The inspection rules: every field has a default, the built-in version 0."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     opens_at: HourMinute = "07:00"  # opening hours, Asia/Tehran
     closes_at: HourMinute = "23:00"

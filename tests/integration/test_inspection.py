@@ -522,3 +522,13 @@ async def test_today_is_never_kept(conn: asyncpg.Connection, ledger: Ledger) -> 
         await ledger.redeem(store, now - dt.timedelta(seconds=k), remaining=0)
     _, ranked = await inspection.ranking(conn, today, None, 10)
     assert ranked and not await conn.fetchval("SELECT count(*) FROM inspection_days")
+
+
+async def test_rules_take_no_lookalike_types(client: Client, operator: dict[str, str]) -> None:
+    for rules in (
+        {"signals": {"far_apart": {"threshold": 0.5, "weight": False}}},
+        {"min_redemptions": "5"},
+        {"opens_at": 7},
+    ):
+        resp = await client.put("/v1/inspection/rules", json={"rules": rules}, headers=operator)
+        assert resp.status == 422, (rules, await resp.text())
