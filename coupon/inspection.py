@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from coupon import audit, db, errors
 
@@ -118,13 +118,11 @@ class Rules(BaseModel):
     volume_min_spread: Annotated[float, Field(gt=0, le=10)] = 0.3
     signals: Signals = Field(default_factory=Signals)
 
-    @field_validator("closes_at")
-    @classmethod
-    def _after_opening(cls, value: str, info: Any) -> str:
-        opens = info.data.get("opens_at")
-        if opens is not None and _minutes(value) <= _minutes(opens):
+    @model_validator(mode="after")
+    def _open_before_closing(self) -> Rules:
+        if _minutes(self.closes_at) <= _minutes(self.opens_at):
             raise ValueError("closes_at must be after opens_at")
-        return value
+        return self
 
 
 class RuleSet(BaseModel):

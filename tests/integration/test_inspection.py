@@ -432,6 +432,7 @@ async def test_rules_are_versioned_and_apply_from_the_next_request(
     "rules",
     [
         {"opens_at": "23:00", "closes_at": "07:00"},
+        {"opens_at": "24:00"},  # after the default closing
         {"opens_at": "7:00"},
         {"signals": {"emptied_share": {"threshold": 0, "weight": 1}}},
         {"signals": {"emptied_share": {"threshold": 0.5, "weight": -1}}},
