@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-pg15 ha-test soak lint fmt bench bench-ha bench-all bench-bulk bench-stream wrk clean
+.PHONY: install run test test-pg15 ha-test soak lint fmt bench bench-ha bench-all bench-bulk bench-stream \
+	bench-inspection bench-inspection-scale wrk clean
 
 install: $(STAMP)
 
@@ -54,7 +55,7 @@ bench: install wrk    ## pgbench TPC-B, then signed POS traffic (wrk, open loop)
 bench-ha: install wrk ## make bench on a 3-node Patroni cluster with synchronous replication
 	$(BIN)/python -m loadtest.ha
 
-bench-all: bench bench-bulk bench-stream  ## every benchmark; figures go to BENCHMARKS.md by hand
+bench-all: bench bench-bulk bench-stream bench-inspection bench-inspection-scale  ## every benchmark; figures go to BENCHMARKS.md by hand
 
 wrk:                  ## the closed-loop HTTP load generator (Debian package)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
@@ -65,6 +66,12 @@ bench-bulk: install   ## 1,000,000 households: import and tranche opening
 
 bench-stream: install ## live counters: stream lag, and what 500 SSE clients cost redemptions
 	$(BIN)/python -m loadtest.stream
+
+bench-inspection: install  ## fraud signals: precision and recall on labelled fraud (tuning and held-out seeds)
+	$(BIN)/python -m loadtest.inspection quality --tune 1-5 --report 100-119
+
+bench-inspection-scale: install  ## fraud signals: one province-day's ranking at 10 M ledger rows
+	$(BIN)/python -m loadtest.inspection scale --rows 10000000
 
 clean:
 	rm -rf $(VENV) .coupon-test .test-embedded loadtest/out test-artifacts .hypothesis

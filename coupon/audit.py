@@ -57,9 +57,14 @@ async def read_only(conn: db.Connection) -> None:
 
 
 async def ledger_page(
-    conn: db.Connection, where: LedgerFilters, after: int, limit: int
+    conn: db.Connection,
+    where: LedgerFilters,
+    after: int,
+    limit: int,
+    scope: str | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Up to limit entries after the cursor, and the next cursor (None at the end)."""
+    """Up to limit entries after the cursor, and the next cursor (None at the end); only those
+    of the stores of province `scope`, when given."""
     horizon = await commit_horizon(conn)
     async with conn.transaction(readonly=True):
         await read_only(conn)
@@ -67,7 +72,7 @@ async def ledger_page(
         query = (
             "ledger_page" if where.from_ is None and where.to is None else "ledger_page_in_window"
         )
-        rows = await conn.fetch(db.q(query), *_filter_args(where), after, limit + 1, horizon)
+        rows = await conn.fetch(db.q(query), *_filter_args(where), after, limit + 1, horizon, scope)
     entries = [dict(r) for r in rows[:limit]]
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 
@@ -82,9 +87,13 @@ _CSV_ROWS = (
 
 
 async def export_csv(
-    conn: db.Connection, where: LedgerFilters, write: Callable[[bytes], Coroutine[Any, Any, None]]
+    conn: db.Connection,
+    where: LedgerFilters,
+    write: Callable[[bytes], Coroutine[Any, Any, None]],
+    scope: str | None = None,
 ) -> None:
-    """Stream every matching entry as CSV (PostgreSQL formats it; memory stays flat)."""
+    """Stream every matching entry as CSV (PostgreSQL formats it; memory stays flat); only
+    those of the stores of province `scope`, when given."""
     query = _CSV_ROWS.format(page=db.q("ledger_page"))
     horizon = await commit_horizon(conn)
     async with conn.transaction(readonly=True):
@@ -95,6 +104,7 @@ async def export_csv(
             0,
             None,
             horizon,
+            scope,
             output=write,
             format="csv",
             header=True,
@@ -102,11 +112,15 @@ async def export_csv(
         )
 
 
-async def settlement(conn: db.Connection, day: dt.date) -> list[dict[str, Any]]:
-    """What each store redeemed, had reversed and is owed for one Asia/Tehran day."""
+async def settlement(
+    conn: db.Connection, day: dt.date, scope: str | None = None
+) -> list[dict[str, Any]]:
+    """What each store redeemed, had reversed and is owed for one Asia/Tehran day (the stores
+    of province `scope` only, when given)."""
     async with conn.transaction(readonly=True):
         await read_only(conn)
-        return [dict(r) for r in await conn.fetch(db.q("settlement"), day, timeout=db.BULK_TIMEOUT)]
+        rows = await conn.fetch(db.q("settlement"), day, scope, timeout=db.BULK_TIMEOUT)
+        return [dict(r) for r in rows]
 
 
 async def commit_horizon(conn: db.Connection) -> int:

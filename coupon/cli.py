@@ -38,6 +38,7 @@ from coupon import (
 from coupon.config import Settings
 from coupon.embedded import EmbeddedPostgresError
 from coupon.keyring import Keyring
+from coupon.models import MERCHANT_CATEGORIES
 
 log = structlog.get_logger(__name__)
 
@@ -497,6 +498,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["operator", "auditor"])
     create.add_argument("--name", default="", help="who holds it (default: none)")
     create.add_argument(
+        "--province",
+        default=None,
+        help="scope it to one province (code, e.g. IR-15): it then acts only on that "
+        "province's stores, terminals and households (default: national)",
+    )
+    create.add_argument(
         "--days",
         type=float,
         default=tokens.DEFAULT_LIFETIME_DAYS,
@@ -534,6 +541,12 @@ def _parser() -> argparse.ArgumentParser:
     add = _command(merchants_group, "add", "register a store; prints its id", _merchants_add)
     add.add_argument("--name", required=True, help="the store's name")
     add.add_argument("--province", required=True, help="its province's code, e.g. IR-23 (Tehran)")
+    add.add_argument(
+        "--category",
+        choices=MERCHANT_CATEGORIES,
+        default="grocery",
+        help="the kind of store, which inspection compares it with (default: %(default)s)",
+    )
     ls = _command(merchants_group, "list", "stores and their number of terminals", _merchants_list)
     ls.add_argument("--province", default=None, help="only this province (code, e.g. IR-15)")
     ls.add_argument("--status", choices=["active", "suspended"], default=None)
@@ -619,6 +632,28 @@ def _parser() -> argparse.ArgumentParser:
         help="an Asia/Tehran day: Gregorian YYYY-MM-DD, or Solar Hijri (a year before "
         f"{dates.SOLAR_HIJRI_BEFORE}: 1405-09-09, ۱۴۰۵/۰۹/۰۹)",
     )
+
+    insp = _command(
+        sub,
+        "inspect",
+        "stores ranked by their fraud signals for a day: score, the signals that fired and the "
+        "numbers behind them, and the ledger link of the rows",
+        _inspect,
+        details="The rules (thresholds, weights, opening hours) are those in force: GET/PUT "
+        "/v1/inspection/rules, or --rules to print them.",
+    )
+    insp.add_argument(
+        "--date",
+        type=_day,
+        default=None,
+        help="an Asia/Tehran day, Gregorian or Solar Hijri (default: today in Tehran)",
+    )
+    insp.add_argument("--province", default=None, help="only this province's stores (code)")
+    insp.add_argument(
+        "--limit", type=_positive, default=50, help="the top stores (default: %(default)s)"
+    )
+    insp.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    insp.add_argument("--rules", action="store_true", help="print the rules in force (JSON)")
 
     demo = _command(
         sub,
@@ -717,12 +752,15 @@ def _db_roles(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _token_create(settings: Settings, args: argparse.Namespace) -> int:
+    province = _province(args.province) if args.province else None
+
     async def create(conn: db.Connection) -> str:
-        return await tokens.create_token(conn, args.role, args.name, args.days)
+        return await tokens.create_token(conn, args.role, args.name, args.days, province)
 
     # the token must be the last line of the output, stderr included: the database is named here
     token = _with_database(settings, create, announce=False)
-    print(f"{args.role} token for {describe(settings)} (shown once, store it now):")
+    scope = f" of {province}" if province else ""
+    print(f"{args.role} token{scope} for {describe(settings)} (shown once, store it now):")
     print(token)
     return 0
 
@@ -734,7 +772,8 @@ def _token_list(settings: Settings, args: argparse.Namespace) -> int:
         row["revoked_at"] = (
             row["revoked_at"].isoformat(timespec="seconds") if row["revoked_at"] else "-"
         )
-    _print_table(rows, ("id", "role", "expires_at", "revoked_at", "name"))
+        row["province"] = row["province"] or "national"
+    _print_table(rows, ("id", "role", "province", "expires_at", "revoked_at", "name"))
     return 0
 
 
@@ -812,7 +851,9 @@ def _merchants_add(settings: Settings, args: argparse.Namespace) -> int:
     from coupon.models import MerchantCreate
 
     try:
-        merchant = MerchantCreate(name=args.name, province=_province(args.province))
+        merchant = MerchantCreate(
+            name=args.name, province=_province(args.province), category=args.category
+        )
     except pydantic.ValidationError as exc:
         raise CliError(f"--name: {exc.errors()[0]['msg']}") from None
 
@@ -841,7 +882,7 @@ def _merchants_list(settings: Settings, args: argparse.Namespace) -> int:
         return await merchants.list_merchants(conn, province, args.status)
 
     rows = _with_database(settings, fetch)
-    _print_table(rows, ("id", "province", "status", "terminals", "name"))
+    _print_table(rows, ("id", "province", "category", "status", "terminals", "name"))
     print(f"{len(rows)} stores", file=sys.stderr)
     return 0
 
@@ -963,6 +1004,67 @@ def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: csvsafe.cell(v) for k, v in row.items()} for row in rows)
+    return 0
+
+
+def _signals_text(signals: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{x['signal']}={x['value']:g} ("
+        + ", ".join(f"{k} {v:g}" for k, v in x["numbers"].items())
+        + ")"
+        for x in signals
+    )
+
+
+def _inspect(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from coupon import inspection
+
+    if args.rules:
+        rules = _with_database(settings, inspection.rules_in_force)
+        print(orjson.dumps(rules.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    day = args.date.date if args.date else inspection.today_in_tehran()
+    if args.date:
+        print(f"coupon: date: {args.date.interpretation()} (an Asia/Tehran day)", file=sys.stderr)
+    province = _province(args.province) if args.province else None
+
+    async def run(conn: db.Connection) -> Any:
+        return await inspection.ranking(conn, day, province, args.limit)
+
+    rules, rows = _with_database(settings, run)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        row["signal_names"] = ",".join(x["signal"] for x in row["signals"])
+        row["signals_text"] = _signals_text(row["signals"])
+    if args.csv:
+        columns = (
+            *("rank", "merchant_id", "name", "province", "category", "score", "redemptions"),
+            *("reversals", "households", "amount", "signals_text", "ledger"),
+        )
+        writer = csv.writer(sys.stdout)
+        writer.writerow([c.removesuffix("_text") for c in columns])
+        writer.writerows([csvsafe.cell(row[c]) for c in columns] for row in rows)
+    else:
+        _print_table(
+            rows,
+            (
+                "rank",
+                "merchant_id",
+                "province",
+                "category",
+                "score",
+                "redemptions",
+                "signal_names",
+                "ledger",
+            ),
+        )
+    where = f" in {province}" if province else ""
+    print(
+        f"{len(rows)} stores with signals on {day}{where} (rules version {rules.version})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -1180,6 +1282,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
                 ],
                 shoppers,
                 rate,
+                fraud_terminals=[
+                    simulator.Pos(t["terminal_id"], t["secret"], t["province"])
+                    for t in demo.fraudulent(seeded.terminals)
+                ],
             )
             await serve_until_stopped(
                 settings,

@@ -25,6 +25,11 @@ DEFAULT_HOUSEHOLDS = 30_000
 STORES = 150
 MIN_HOUSEHOLDS = 25  # per province, so that the smallest still moves on the dashboard
 MIN_STORES = 2
+# stores that commit fraud in the simulated traffic (inspection finds them)
+FRAUDULENT_STORES = 3
+# the demo stores' kinds, most of them groceries
+DEMO_CATEGORIES = {"grocery": 55, "supermarket": 25, "chain_store": 5, "butcher": 7,
+                   "dairy_shop": 5, "bakery": 3}  # fmt: skip
 TERMINALS_FILE = "demo-terminals.json"
 TOKENS_FILE = "demo-tokens.json"
 # Iran's average household had 3.3 members at the 2016 census; this spread averages 3.4
@@ -201,12 +206,19 @@ async def _demo_terminals(
         if saved and all(t["terminal_id"] in known for t in saved):
             return saved
     rng = random.Random(7)
+    kinds = random.Random(11)  # the stores' categories, apart from the terminals' draw
     stores = allocate(STORES, census_population(), MIN_STORES)
     terminals = []
     for province in iran_provinces():
         for n in range(1, stores[province.code] + 1):
+            category = kinds.choices(list(DEMO_CATEGORIES), list(DEMO_CATEGORIES.values()))[0]
             merchant_id = await merchants.create_merchant(
-                conn, MerchantCreate(name=f"{province.name_fa} فروشگاه {n}", province=province.code)
+                conn,
+                MerchantCreate(
+                    name=f"{province.name_fa} فروشگاه {n}",
+                    province=province.code,
+                    category=category,
+                ),
             )
             # most stores have one POS, some two
             for _ in range(rng.choice((1, 1, 1, 2))):
@@ -224,6 +236,14 @@ async def _demo_terminals(
     with os.fdopen(fd, "w") as f:
         json.dump(terminals, f, indent=1)
     return terminals
+
+
+def fraudulent(terminals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The terminals of the few demo stores that commit fraud (the same ones on every start),
+    so that inspection has something to find."""
+    stores = sorted({t["merchant_id"] for t in terminals})
+    chosen = set(random.Random(17).sample(stores, min(FRAUDULENT_STORES, len(stores))))
+    return [t for t in terminals if t["merchant_id"] in chosen]
 
 
 def print_welcome(
@@ -259,6 +279,12 @@ def print_welcome(
     ]
     if example:
         lines.append(f"  a signed sale    {example}")
+    if rate:
+        cheats = sorted({t["merchant_id"] for t in fraudulent(seeded.terminals)})
+        lines.append(
+            f"  injected fraud   stores {', '.join(map(str, cheats))}: "
+            f"{base}/v1/inspection/stores (auditor token)"
+        )
     lines.append(f"  POS traffic      {traffic}")
     if log_file:
         lines.append(f"  request logs     {log_file}")

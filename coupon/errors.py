@@ -71,6 +71,18 @@ class Forbidden(CouponError):
     code = "forbidden"
 
 
+class OutOfProvince(Forbidden):
+    """This token acts only on its own province's stores, terminals and households."""
+
+    code = "province_out_of_scope"
+
+
+class NationalOnly(Forbidden):
+    """Only a national token may do this (the token is scoped to one province)."""
+
+    code = "national_scope_required"
+
+
 class NotFound(CouponError):
     """No such resource."""
 

@@ -151,7 +151,10 @@ def _copy_text(data: bytes) -> bytes:
 
 
 async def import_csv(
-    conn: db.Connection, blocks: AsyncIterator[bytes], every_rejection: Sink | None = None
+    conn: db.Connection,
+    blocks: AsyncIterator[bytes],
+    every_rejection: Sink | None = None,
+    scope: str | None = None,
 ) -> ImportResult:
     """Import households from CSV bytes in one transaction: every good row, or nothing.
 
@@ -182,6 +185,7 @@ async def import_csv(
             header.members,
             header.decile,
             header.status,
+            scope,
             timeout=db.BULK_TIMEOUT,
         )
         lines = _row_count(status)
@@ -246,9 +250,13 @@ async def blocks_of(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def set_status(conn: db.Connection, national_id: str, status: str) -> dict[str, Any]:
-    """Suspend or reactivate a household."""
-    row = await conn.fetchrow(db.q("set_household_status"), national_id, status)
+async def set_status(
+    conn: db.Connection, national_id: str, status: str, scope: str | None = None
+) -> dict[str, Any]:
+    """Suspend or reactivate a household (of the token's province, when scoped)."""
+    row = await conn.fetchrow(db.q("set_household_status"), national_id, status, scope)
     if row is None:
         raise errors.HouseholdNotFound()
+    if row["national_id"] is None:
+        raise errors.OutOfProvince()
     return dict(row)

@@ -12,23 +12,42 @@ from coupon.models import Merchant, MerchantCreate, SecretRotated, Terminal, Ter
 SECRET_BYTES = 32
 
 
-async def create_merchant(conn: db.Connection, merchant: MerchantCreate) -> int:
-    """Register a store; its province must exist."""
-    merchant_id: int = await conn.fetchval(
-        db.q("insert_merchant"), merchant.name, merchant.province
+# Province scopes: every statement below that acts on a store, terminal or household takes the
+# acting token's province (None: national) and acts only inside it. A row of nulls back means
+# the target exists in another province.
+
+
+def _in_scope(row: Any, missing: errors.CouponError) -> Any:
+    """The statement's row; raise `missing` when there was no target, 403 when it was another
+    province's."""
+    if row is None:
+        raise missing
+    if all(v is None for v in row.values()):
+        raise errors.OutOfProvince()
+    return row
+
+
+async def create_merchant(
+    conn: db.Connection, merchant: MerchantCreate, scope: str | None = None
+) -> int:
+    """Register a store; its province must exist (and be the token's, when scoped)."""
+    merchant_id: int | None = await conn.fetchval(
+        db.q("insert_merchant"), merchant.name, merchant.province, merchant.category, scope
     )
+    if merchant_id is None:
+        raise errors.OutOfProvince()
     return merchant_id
 
 
-async def set_merchant_status(conn: db.Connection, merchant_id: int, status: str) -> Merchant:
-    row = await conn.fetchrow(db.q("set_merchant_status"), merchant_id, status)
-    if row is None:
-        raise errors.MerchantNotFound()
-    return Merchant.model_validate(dict(row))
+async def set_merchant_status(
+    conn: db.Connection, merchant_id: int, status: str, scope: str | None = None
+) -> Merchant:
+    row = await conn.fetchrow(db.q("set_merchant_status"), merchant_id, status, scope)
+    return Merchant.model_validate(dict(_in_scope(row, errors.MerchantNotFound())))
 
 
 async def create_terminal(
-    conn: db.Connection, merchant_id: int, keyring: Keyring
+    conn: db.Connection, merchant_id: int, keyring: Keyring, scope: str | None = None
 ) -> TerminalCreated:
     """A new terminal with a fresh secret, stored encrypted; this is the only time the secret
     is returned."""
@@ -36,23 +55,30 @@ async def create_terminal(
     async with conn.transaction():
         terminal_id = await conn.fetchval(db.q("next_terminal_id"))
         box = keyring.seal(terminal_id, secret)
-        if await conn.fetchval(db.q("insert_terminal"), merchant_id, box, terminal_id) is None:
-            raise errors.MerchantNotFound()
+        row = await conn.fetchrow(db.q("insert_terminal"), merchant_id, box, terminal_id, scope)
+        _in_scope(row, errors.MerchantNotFound())
         await conn.fetchval(db.q("terminal_keys_changed"))
     return TerminalCreated(terminal_id=terminal_id, secret=secret)
 
 
 async def rotate_secret(
-    conn: db.Connection, terminal_id: int, keyring: Keyring, overlap: float
+    conn: db.Connection,
+    terminal_id: int,
+    keyring: Keyring,
+    overlap: float,
+    scope: str | None = None,
 ) -> SecretRotated:
     """A terminal's new secret; the old one still verifies for `overlap` seconds."""
     secret = secrets.token_hex(SECRET_BYTES)
     async with conn.transaction():
         row = await conn.fetchrow(
-            db.q("rotate_terminal_secret"), terminal_id, keyring.seal(terminal_id, secret), overlap
+            db.q("rotate_terminal_secret"),
+            terminal_id,
+            keyring.seal(terminal_id, secret),
+            overlap,
+            scope,
         )
-        if row is None:
-            raise errors.TerminalNotFound()
+        row = _in_scope(row, errors.TerminalNotFound())
         await conn.fetchval(db.q("terminal_keys_changed"))
     return SecretRotated(
         terminal_id=terminal_id, secret=secret, previous_valid_until=row["previous_until"]
@@ -88,11 +114,11 @@ async def rewrap_secrets(conn: db.Connection, keyring: Keyring) -> int:
     return done
 
 
-async def set_terminal_status(conn: db.Connection, terminal_id: int, status: str) -> Terminal:
-    row = await conn.fetchrow(db.q("set_terminal_status"), terminal_id, status)
-    if row is None:
-        raise errors.TerminalNotFound()
-    return Terminal.model_validate(dict(row))
+async def set_terminal_status(
+    conn: db.Connection, terminal_id: int, status: str, scope: str | None = None
+) -> Terminal:
+    row = await conn.fetchrow(db.q("set_terminal_status"), terminal_id, status, scope)
+    return Terminal.model_validate(dict(_in_scope(row, errors.TerminalNotFound())))
 
 
 async def list_merchants(

@@ -192,9 +192,17 @@ class TrancheList(BaseModel):
     tranches: list[Tranche]
 
 
+MerchantCategory = Literal[
+    "grocery", "supermarket", "chain_store", "butcher", "dairy_shop", "bakery"
+]
+MERCHANT_CATEGORIES: tuple[str, ...] = typing.get_args(MerchantCategory)
+
+
 class MerchantCreate(Model):
     name: Name
     province: ProvinceCode
+    # what kind of store: inspection compares it with stores of its province and category
+    category: MerchantCategory = "grocery"
 
 
 class MerchantCreated(BaseModel):
@@ -206,6 +214,7 @@ class Merchant(BaseModel):
     name: str
     province: str
     status: Status
+    category: MerchantCategory
 
 
 class TerminalCreated(BaseModel):

@@ -2,7 +2,10 @@
 
 Roughly what stores do: mostly redemptions (some itemised, some split tender), now and then a
 reversal of a recent sale, a POS repeating a request it got no answer for, a balance inquiry,
-and purchases that are declined (a household not in the tranche, or more than its credit)."""
+and purchases that are declined (a household not in the tranche, or more than its credit).
+A few stores, when given, commit the frauds inspection looks for: a household's whole balance
+run through at once (cash for credit, cards collected from anywhere) and one purchase split
+into several redemptions."""
 
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ MIX = (
     ("reverse", 0.05),
     ("balance", 0.10),
 )
+# the share of requests that go to a fraudulent store's schemes, when there are such stores
+FRAUD_SHARE = 0.04
 ITEMS = ("rice", "cooking_oil", "chicken", "eggs", "dairy", "legumes", "sugar", "pasta")
 CONCURRENCY = 32
 REPORT_EVERY = 30.0
@@ -67,6 +72,7 @@ class Traffic:
     shoppers: Sequence[Shopper]
     rate: float
     seed: int = 1
+    fraud_terminals: Sequence[Pos] = ()
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
@@ -79,6 +85,9 @@ class Traffic:
         self._recent: collections.deque[Sale] = collections.deque(maxlen=500)
         self._actions = [a for a, _ in MIX]
         self._weights = [w for _, w in MIX]
+        if self.fraud_terminals:
+            self._actions.append("fraud")
+            self._weights.append(FRAUD_SHARE)
 
     async def run(self, requests: int | None = None) -> collections.Counter[str]:
         if not self.terminals or not self._entitled:
@@ -132,6 +141,8 @@ class Traffic:
                 sale = self._recent.popleft()
                 body = {"request_id": self._request_id(), "original_request_id": sale.request_id}
                 await self._send(session, sale.pos, "POST", "/v1/reversals", orjson.dumps(body))
+            elif action == "fraud":
+                await self._fraud(session)
             elif action == "balance":
                 shopper = self._rng.choice(self._entitled)
                 path = f"/v1/households/{shopper.national_id}/balance"
@@ -170,6 +181,21 @@ class Traffic:
         status = await self._send(session, pos, "POST", "/v1/redemptions", body)
         if status == 201:
             self._recent.append(Sale(pos, payload["request_id"], body))
+
+    async def _fraud(self, session: aiohttp.ClientSession) -> None:
+        """A fraudulent store at work: a collected card's whole balance in one go (any
+        province's household, round sums), or one purchase rung up as several."""
+        rng = self._rng
+        pos = rng.choice(self.fraud_terminals)
+        shopper = rng.choice(self._entitled)
+        if rng.random() < 0.6:
+            sales = [{"amount": 900_000_000, "allow_partial": True}]  # everything that is left
+        else:
+            sales = [{"amount": rng.randrange(20, 60) * 10_000} for _ in range(rng.randint(2, 4))]
+        for sale in sales:
+            payload = {"request_id": self._request_id(), "national_id": shopper.national_id}
+            body = orjson.dumps({**payload, **sale})
+            await self._send(session, pos, "POST", "/v1/redemptions", body)
 
     def _pos_for(self, shopper: Shopper) -> Pos:
         # people shop in their own province

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 from typing import Any
@@ -21,12 +22,27 @@ DEFAULT_LIFETIME_DAYS = 90
 
 
 async def create_token(
-    conn: db.Connection, role: str, name: str = "", days: float = DEFAULT_LIFETIME_DAYS
+    conn: db.Connection,
+    role: str,
+    name: str = "",
+    days: float = DEFAULT_LIFETIME_DAYS,
+    province: str | None = None,
 ) -> str:
-    """A new token of one role, valid for `days`; the caller shows it once."""
+    """A new token of one role, valid for `days`, national or of one province; the caller
+    shows it once."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    await conn.execute(db.q("create_token"), token_hash(token), role, name, days * 86400.0)
+    await conn.execute(
+        db.q("create_token"), token_hash(token), role, name, days * 86400.0, province
+    )
     return token
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """What a presented token may do: its role, and its province (None: national)."""
+
+    role: str
+    province: str | None
 
 
 async def list_tokens(conn: db.Connection) -> list[dict[str, Any]]:
@@ -38,7 +54,13 @@ async def revoke(conn: db.Connection, token_id: int) -> bool:
     return await conn.fetchval(db.q("revoke_token"), token_id) is not None
 
 
+async def grant_of(conn: db.Connection, token: str) -> Grant | None:
+    """The role and province of a presented token, or None when it is unknown."""
+    row = await conn.fetchrow(db.q("find_token_role"), token_hash(token))
+    return None if row is None else Grant(row["role"], row["province"])
+
+
 async def role_of(conn: db.Connection, token: str) -> str | None:
     """The role of a presented token, or None when it is unknown."""
-    role: str | None = await conn.fetchval(db.q("find_token_role"), token_hash(token))
-    return role
+    grant = await grant_of(conn, token)
+    return None if grant is None else grant.role

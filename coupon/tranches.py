@@ -8,8 +8,11 @@ from coupon import db, errors
 from coupon.models import TrancheCreate, TrancheCreated
 
 
-async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCreated:
-    """Create the tranche, credit its households, set up its counters: all or nothing."""
+async def open_tranche(
+    conn: db.Connection, tranche: TrancheCreate, scope: str | None = None
+) -> TrancheCreated:
+    """Create the tranche, credit its households, set up its counters: all or nothing. Only a
+    national token (scope None) may."""
     shards = await db.counter_shards(conn)
     async with conn.transaction():
         # crediting ~21 M households takes a while: no statement timeout for this one
@@ -27,7 +30,7 @@ async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCr
                         details={"previous_tranche_id": previous["id"]}
                     )
                 carried_from = previous["id"]
-        tranche_id: int = await conn.fetchval(
+        tranche_id: int | None = await conn.fetchval(
             db.q("insert_tranche"),
             tranche.name,
             tranche.starts_at,
@@ -35,7 +38,10 @@ async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCr
             list(tranche.categories),
             tranche.carry_over,
             carried_from,
+            scope,
         )
+        if tranche_id is None:
+            raise errors.NationalOnly()
         await conn.execute(
             db.q("insert_tranche_bands"),
             tranche_id,

@@ -11,7 +11,7 @@ from aiohttp import web
 from coupon import errors, households, merchants, national_id, tranches
 from coupon.api import keys
 from coupon.api.common import int_param, json_response
-from coupon.api.guard import body_of, query_of
+from coupon.api.guard import body_of, national_only, query_of, scope_of
 from coupon.models import (
     ImportQuery,
     ImportResponse,
@@ -64,7 +64,9 @@ async def import_households(request: web.Request) -> web.StreamResponse:
 
     everything = query_of(request, ImportQuery).rejections == "all"
     async with request.app[keys.POOL].acquire() as conn:
-        result = await households.import_csv(conn, body(), every_rejection if everything else None)
+        result = await households.import_csv(
+            conn, body(), every_rejection if everything else None, scope_of(request)
+        )
     request[keys.LOG].update(
         imported=result.imported, updated=result.updated, rejected=result.rejected_count
     )
@@ -82,14 +84,15 @@ async def patch_household(request: web.Request) -> web.Response:
         raise errors.InvalidNationalId()
     change = body_of(request, StatusChange)
     async with request.app[keys.POOL].acquire() as conn:
-        row = await households.set_status(conn, nid, change.status)
+        row = await households.set_status(conn, nid, change.status, scope_of(request))
     return json_response(row)
 
 
 async def create_tranche(request: web.Request) -> web.Response:
+    national_only(request)  # programme phases are national (the query refuses them too)
     tranche = body_of(request, TrancheCreate)
     async with request.app[keys.POOL].acquire() as conn:
-        created = await tranches.open_tranche(conn, tranche)
+        created = await tranches.open_tranche(conn, tranche, scope_of(request))
     request[keys.LOG].update(tranche_id=created.id, households_credited=created.households_credited)
     return json_response(created, status=201)
 
@@ -103,7 +106,7 @@ async def list_tranches(request: web.Request) -> web.Response:
 async def create_merchant(request: web.Request) -> web.Response:
     merchant = body_of(request, MerchantCreate)
     async with request.app[keys.POOL].acquire() as conn:
-        merchant_id = await merchants.create_merchant(conn, merchant)
+        merchant_id = await merchants.create_merchant(conn, merchant, scope_of(request))
     return json_response({"id": merchant_id}, status=201)
 
 
@@ -111,14 +114,18 @@ async def patch_merchant(request: web.Request) -> web.Response:
     merchant_id = int_param(request, "id")
     change = body_of(request, StatusChange)
     async with request.app[keys.POOL].acquire() as conn:
-        merchant = await merchants.set_merchant_status(conn, merchant_id, change.status)
+        merchant = await merchants.set_merchant_status(
+            conn, merchant_id, change.status, scope_of(request)
+        )
     return json_response(merchant)
 
 
 async def create_terminal(request: web.Request) -> web.Response:
     merchant_id = int_param(request, "id")
     async with request.app[keys.POOL].acquire() as conn:
-        created = await merchants.create_terminal(conn, merchant_id, request.app[keys.KEYRING])
+        created = await merchants.create_terminal(
+            conn, merchant_id, request.app[keys.KEYRING], scope_of(request)
+        )
     request.app[keys.SECRETS].forget()  # known here at once (elsewhere within a second)
     request[keys.LOG]["terminal_id"] = created.terminal_id  # the secret is never logged
     return json_response(created, status=201)
@@ -128,7 +135,9 @@ async def patch_terminal(request: web.Request) -> web.Response:
     terminal_id = int_param(request, "id")
     change = body_of(request, StatusChange)
     async with request.app[keys.POOL].acquire() as conn:
-        terminal = await merchants.set_terminal_status(conn, terminal_id, change.status)
+        terminal = await merchants.set_terminal_status(
+            conn, terminal_id, change.status, scope_of(request)
+        )
     return json_response(terminal)
 
 
@@ -137,7 +146,7 @@ async def rotate_terminal_secret(request: web.Request) -> web.Response:
     overlap = body_of(request, SecretRotation).overlap_seconds
     async with request.app[keys.POOL].acquire() as conn:
         rotated = await merchants.rotate_secret(
-            conn, terminal_id, request.app[keys.KEYRING], overlap
+            conn, terminal_id, request.app[keys.KEYRING], overlap, scope_of(request)
         )
     request.app[keys.SECRETS].forget()
     request[keys.LOG]["terminal_id"] = terminal_id  # the secret is never logged

@@ -9,7 +9,7 @@ from aiohttp import web
 from coupon import audit, errors, signing
 from coupon.api import keys
 from coupon.api.common import json_response
-from coupon.api.guard import query_of
+from coupon.api.guard import query_of, scope_of
 from coupon.models import (
     LedgerFilters,
     LedgerKeys,
@@ -24,7 +24,9 @@ from coupon.models import (
 async def get_ledger(request: web.Request) -> web.Response:
     query = query_of(request, LedgerQuery)
     async with request.app[keys.READS].acquire() as conn:
-        entries, cursor = await audit.ledger_page(conn, query, query.after, query.limit)
+        entries, cursor = await audit.ledger_page(
+            conn, query, query.after, query.limit, scope_of(request)
+        )
     page = LedgerPage.model_validate(
         {"entries": entries, "next": None if cursor is None else str(cursor)}
     )
@@ -42,7 +44,7 @@ async def get_ledger_csv(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     async with request.app[keys.READS].acquire() as conn:
-        await audit.export_csv(conn, query, response.write)
+        await audit.export_csv(conn, query, response.write, scope_of(request))
     await response.write_eof()
     return response
 
@@ -70,7 +72,7 @@ def parse_day(raw: str) -> dt.date:
 async def get_settlement(request: web.Request) -> web.Response:
     day = parse_day(query_of(request, SettlementQuery).date)
     async with request.app[keys.READS].acquire() as conn:
-        merchants = await audit.settlement(conn, day)
+        merchants = await audit.settlement(conn, day, scope_of(request))
     return json_response(Settlement.model_validate({"date": day, "merchants": merchants}))
 
 

@@ -66,6 +66,19 @@ def body_of(request: web.Request, model: type[M]) -> M:
     return value
 
 
+def scope_of(request: web.Request) -> str | None:
+    """The province the bearer token is scoped to; None for a national token."""
+    value = request.get(keys.SCOPE)
+    assert value is None or isinstance(value, str)
+    return value
+
+
+def national_only(request: web.Request) -> None:
+    """Refuse a province-scoped token (403 national_scope_required)."""
+    if scope_of(request) is not None:
+        raise errors.NationalOnly()
+
+
 def terminal_of(request: web.Request) -> auth.SignedRequest:
     """The terminal whose signature the request carries (verified)."""
     return request[TERMINAL]
@@ -118,10 +131,14 @@ async def _check_role(request: web.Request, roles: tuple[str, ...], query_token:
     if not token:
         raise errors.Unauthorized("send Authorization: Bearer <token>")
     async with request.app[keys.POOL].acquire() as conn:
-        role = await tokens.role_of(conn, token)
-    if role is None:
+        grant = await tokens.grant_of(conn, token)
+    if grant is None:
         raise errors.Unauthorized("unknown token")
+    role = grant.role
     request[keys.LOG]["role"] = role
+    if grant.province is not None:
+        request[keys.LOG]["scope"] = grant.province
     request[keys.TOKEN] = tokens.token_hash(token).hex()
+    request[keys.SCOPE] = grant.province
     if role not in roles:
         raise errors.Forbidden(f"this endpoint needs the role {' or '.join(roles)}")

@@ -39,6 +39,8 @@ BATCHER = web.AppKey("redemption_batcher", RedemptionBatcher)
 SHARDS = web.AppKey("counter_shards", int)
 # per request: the bearer token's hash (hex), once the guard has admitted it
 TOKEN = web.RequestKey("token", str)
+# per request: the bearer token's province (None: national), once the guard has admitted it
+SCOPE = web.RequestKey("scope", object)
 # /openapi.json, encoded once
 OPENAPI = web.AppKey("openapi", bytes)
 # per request: fields the handler adds to the request's log line

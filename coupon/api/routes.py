@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, audit, dashboard, insights, stats, system, terminal
+from coupon.api import admin, audit, dashboard, insights, inspection, stats, system, terminal
 from coupon.api.keys import Handler
 from coupon.models import (
     Approved,
@@ -211,6 +211,48 @@ ROUTES: tuple[Route, ...] = (
         responses={200: insights.Activity, 404: None},
         tag="counters",
         query=StatsQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/inspection/stores",
+        inspection.get_ranking,
+        "Stores ranked by their fraud-signal score for one Asia/Tehran day (default today), "
+        "each with the signals that fired, the numbers behind them and a GET /v1/ledger link to "
+        "its rows; a province-scoped token sees its own province",
+        "operator,auditor",
+        responses={200: inspection.Ranking, 403: None},
+        tag="inspection",
+        query=inspection.RankingQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/inspection/stores/{merchant_id}",
+        inspection.get_store_history,
+        "One store's signals per Asia/Tehran day, from..to (default the last 7 days, at most 31)",
+        "operator,auditor",
+        responses={200: inspection.StoreHistory, 403: None, 404: None},
+        tag="inspection",
+        query=inspection.StoreHistoryQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/inspection/rules",
+        inspection.get_rules,
+        "The inspection rules in force (thresholds, weights, opening hours), or ?version=",
+        "operator,auditor",
+        responses={200: inspection.RuleSet, 404: None},
+        tag="inspection",
+        query=inspection.RulesQuery,
+    ),
+    Route(
+        "PUT",
+        "/v1/inspection/rules",
+        inspection.put_rules,
+        "Save a new version of the inspection rules, in force from now on (national operators)",
+        "operator",
+        body=inspection.RulesChange,
+        responses={201: inspection.RuleSet, 403: None, 409: None, 413: None, 415: None},
+        tag="inspection",
     ),
     Route(
         "GET",

@@ -11,7 +11,7 @@ from aiohttp_sse import EventSourceResponse
 from coupon import counters, errors, live
 from coupon.api import keys
 from coupon.api.common import json_response
-from coupon.api.guard import query_of
+from coupon.api.guard import query_of, scope_of
 from coupon.models import StatsQuery, StreamQuery
 
 # the browser waits this long before reconnecting a dropped stream
@@ -26,7 +26,10 @@ async def get_stats(request: web.Request) -> web.Response:
     tranche_id = query_of(request, StatsQuery).tranche_id
     async with request.app[keys.READS].acquire() as conn:
         result = await counters.stats(conn, tranche_id)
-    return json_response(result)
+    # the figures are national for every token; a provincial one learns its province here (the
+    # dashboard pins it)
+    scope = scope_of(request)
+    return json_response(result, headers={"X-Token-Province": scope} if scope else None)
 
 
 class EventStream(EventSourceResponse):

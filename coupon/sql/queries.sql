@@ -31,21 +31,22 @@ SELECT version, name, checksum, applied_at, applied_as FROM schema_migrations OR
 INSERT INTO schema_migrations (version, name, checksum, applied_as) VALUES ($1, $2, $3, $4);
 
 -- name: create_token
--- Store a new API token by its SHA-256 hash, valid for $4 seconds; the token itself is never
--- stored.
-INSERT INTO api_tokens (token_hash, role, name, expires_at)
-VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+-- Store a new API token by its SHA-256 hash, valid for $4 seconds, of province $5 (null:
+-- national); the token itself is never stored.
+INSERT INTO api_tokens (token_hash, role, name, expires_at, province)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
 RETURNING id, expires_at;
 
 -- name: find_token_role
 -- The role of the token with this hash, if it is neither expired nor revoked (read on every
 -- request: a revocation holds in every process at once).
-SELECT role FROM api_tokens
+SELECT role, province FROM api_tokens
 WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now();
 
 -- name: list_tokens
 -- Every token (never the token itself), newest first.
-SELECT id, role, name, created_at, expires_at, revoked_at FROM api_tokens ORDER BY id DESC;
+SELECT id, role, province, name, created_at, expires_at, revoked_at FROM api_tokens
+ORDER BY id DESC;
 
 -- name: revoke_token
 -- Revoke a token by id; returns nothing when no live token has it.
@@ -68,7 +69,9 @@ CREATE UNLOGGED TABLE coupon_staging.import_lines (
 
 -- name: classify_import_lines
 -- Split and validate every line set-based: $1 fields per line, $2..$6 the 1-based positions of
--- national_id, province, members, decile and status (null when the file has no status column).
+-- national_id, province, members, decile and status (null when the file has no status column);
+-- $7 the token's province: a scoped token imports only its province's households (null:
+-- national, and the checks below are not evaluated).
 CREATE UNLOGGED TABLE coupon_staging.import_rows AS
 SELECT r.line_no, r.national_id, r.province, r.members, r.decile, r.status,
        CASE
@@ -76,6 +79,12 @@ SELECT r.line_no, r.national_id, r.province, r.members, r.decile, r.status,
            WHEN NOT coalesce(national_id_checksum_ok(r.nid_number), false)
                THEN 'invalid national_id (10 digits with a valid check digit)'
            WHEN p.code IS NULL THEN 'unknown province (ISO 3166-2:IR code such as IR-23)'
+           WHEN $7::text IS NOT NULL AND r.province <> $7
+               THEN 'province outside this token''s scope'
+           WHEN $7::text IS NOT NULL AND EXISTS (
+                    SELECT FROM households h
+                    WHERE h.national_id = r.national_id AND h.province <> $7)
+               THEN 'household of a province outside this token''s scope'
            WHEN r.members IS NULL THEN 'members must be an integer 1..30'
            WHEN r.decile IS NULL THEN 'decile must be an integer 1..10'
            WHEN $6::int IS NOT NULL AND r.status IS NULL
@@ -194,9 +203,14 @@ GROUP BY 1 ORDER BY 2 DESC, 1;
 DROP TABLE coupon_staging.import_lines, coupon_staging.import_rows;
 
 -- name: set_household_status
--- Suspend or reactivate a household; returns nothing when it does not exist.
-UPDATE households SET status = $2, updated_at = now() WHERE national_id = $1
-RETURNING national_id, province, members, decile, status;
+-- Suspend or reactivate a household of the token's province ($3; null: national). No row: no
+-- such household; a row of nulls: another province's.
+WITH target AS (SELECT national_id, province FROM households WHERE national_id = $1),
+changed AS (
+    UPDATE households h SET status = $2, updated_at = now() FROM target
+    WHERE h.national_id = target.national_id AND ($3::text IS NULL OR target.province = $3)
+    RETURNING h.national_id, h.province, h.members, h.decile, h.status)
+SELECT changed.* FROM target LEFT JOIN changed ON true;
 
 -- name: lock_tranches
 -- Serialise tranche creation: the carry-over source and the window check must not race.
@@ -207,9 +221,10 @@ LOCK TABLE tranches IN SHARE ROW EXCLUSIVE MODE;
 SELECT id, ends_at FROM tranches WHERE ends_at <= $1 ORDER BY ends_at DESC LIMIT 1;
 
 -- name: insert_tranche
--- A new tranche; the exclusion constraint rejects an overlapping window.
+-- A new tranche; the exclusion constraint rejects an overlapping window. Tranches are national:
+-- nothing is inserted for a province-scoped token ($7 not null).
 INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT $1, $2, $3, $4, $5, $6 WHERE $7::text IS NULL
 RETURNING id;
 
 -- name: insert_tranche_bands
@@ -287,22 +302,33 @@ SELECT t.id, t.name, t.starts_at, t.ends_at, t.categories, t.carry_over, t.carri
 FROM tranches t ORDER BY t.starts_at DESC;
 
 -- name: insert_merchant
--- Register a store.
-INSERT INTO merchants (name, province) VALUES ($1, $2) RETURNING id;
+-- Register a store of category $3, when its province is the token's ($4; null: national).
+INSERT INTO merchants (name, province, category) SELECT $1, $2, $3 WHERE $4::text IS NULL OR $2 = $4
+RETURNING id;
 
 -- name: set_merchant_status
--- Suspend or reactivate a store.
-UPDATE merchants SET status = $2 WHERE id = $1 RETURNING id, name, province, status;
+-- Suspend or reactivate a store of the token's province ($3; null: national). No row: no such
+-- store; a row of nulls: the store is of another province.
+WITH target AS (SELECT id, province FROM merchants WHERE id = $1),
+changed AS (
+    UPDATE merchants m SET status = $2 FROM target
+    WHERE m.id = target.id AND ($3::text IS NULL OR target.province = $3)
+    RETURNING m.id, m.name, m.province, m.status, m.category)
+SELECT changed.* FROM target LEFT JOIN changed ON true;
 
 -- name: next_terminal_id
 -- The id a new terminal gets (its secret is encrypted bound to it before the row exists).
 SELECT nextval(pg_get_serial_sequence('terminals', 'id'));
 
 -- name: insert_terminal
--- Register a POS terminal of an existing store with its encrypted HMAC secret.
-INSERT INTO terminals (id, merchant_id, secret_box) OVERRIDING SYSTEM VALUE
-SELECT $3, id, $2 FROM merchants WHERE id = $1
-RETURNING id;
+-- Register a POS terminal of an existing store of the token's province ($4; null: national)
+-- with its encrypted HMAC secret. No row: no such store; a null id: another province's store.
+WITH target AS (SELECT id, province FROM merchants WHERE id = $1),
+made AS (
+    INSERT INTO terminals (id, merchant_id, secret_box) OVERRIDING SYSTEM VALUE
+    SELECT $3, target.id, $2 FROM target WHERE $4::text IS NULL OR target.province = $4
+    RETURNING id)
+SELECT made.id FROM target LEFT JOIN made ON true;
 
 -- name: terminal_keys_changed
 -- Say that a terminal's secret was made or changed (see terminal_key_changes_seq).
@@ -313,12 +339,20 @@ SELECT nextval('terminal_key_changes_seq');
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM terminal_key_changes_seq;
 
 -- name: rotate_terminal_secret
--- A terminal's new secret; the one it replaces verifies for $3 more seconds.
-UPDATE terminals
-SET previous_box = secret_box, previous_until = now() + make_interval(secs => $3),
-    secret_box = $2
-WHERE id = $1
-RETURNING id, previous_until;
+-- A terminal's new secret; the one it replaces verifies for $3 more seconds. Only a terminal
+-- of a store of the token's province ($4; null: national): no row, no such terminal; a row of
+-- nulls, another province's.
+WITH target AS (
+    SELECT t.id, m.province FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+    WHERE t.id = $1),
+rotated AS (
+    UPDATE terminals t
+    SET previous_box = t.secret_box, previous_until = now() + make_interval(secs => $3),
+        secret_box = $2
+    FROM target
+    WHERE t.id = target.id AND ($4::text IS NULL OR target.province = $4)
+    RETURNING t.id, t.previous_until)
+SELECT rotated.* FROM target LEFT JOIN rotated ON true;
 
 -- name: plain_terminal_secrets
 -- Secrets still in plain text (stored by versions before 0.3).
@@ -338,8 +372,16 @@ UPDATE terminals SET secret_box = $3, previous_box = $4
 WHERE id = $1 AND secret_box = $2;
 
 -- name: set_terminal_status
--- Suspend or reactivate a POS terminal.
-UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status;
+-- Suspend or reactivate a POS terminal of a store of the token's province ($3; null:
+-- national). No row: no such terminal; a row of nulls: another province's.
+WITH target AS (
+    SELECT t.id, m.province FROM terminals t JOIN merchants m ON m.id = t.merchant_id
+    WHERE t.id = $1),
+changed AS (
+    UPDATE terminals t SET status = $2 FROM target
+    WHERE t.id = target.id AND ($3::text IS NULL OR target.province = $3)
+    RETURNING t.id, t.merchant_id, t.status)
+SELECT changed.* FROM target LEFT JOIN changed ON true;
 
 -- name: terminal_secret
 -- The encrypted HMAC secrets of a terminal, to verify its signatures: the current one, and the
@@ -418,6 +460,8 @@ WHERE seq IN (
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
       AND seq > $9 AND seq <= $11
+      -- a province-scoped auditor's token: the rows of its province's stores only
+      AND ($12::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $12))
     ORDER BY seq
     LIMIT $10
 )
@@ -441,13 +485,16 @@ WHERE seq IN (
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
       AND seq > $9 AND seq <= $11
+      -- a province-scoped auditor's token: the rows of its province's stores only
+      AND ($12::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $12))
     ORDER BY seq + 0
     LIMIT $10
 )
 ORDER BY seq;
 
 -- name: settlement
--- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed.
+-- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed;
+-- the stores of province $2 only, when given (a province-scoped token).
 SELECT m.id AS merchant_id, m.name, m.province,
        count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
        count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
@@ -459,6 +506,7 @@ FROM ledger l
 JOIN merchants m ON m.id = l.merchant_id
 WHERE l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
   AND l.created_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND ($2::text IS NULL OR m.province = $2)
 GROUP BY m.id
 ORDER BY m.id;
 
@@ -743,7 +791,7 @@ ORDER BY p.code;
 
 -- name: list_merchants
 -- Stores and how many terminals each has, of one province ($1) and/or status ($2) when given.
-SELECT m.id, m.name, m.province, m.status, count(t.id) AS terminals
+SELECT m.id, m.name, m.province, m.category, m.status, count(t.id) AS terminals
 FROM merchants m
 LEFT JOIN terminals t ON t.merchant_id = m.id
 WHERE ($1::text IS NULL OR m.province = $1) AND ($2::text IS NULL OR m.status = $2)
@@ -770,3 +818,125 @@ SELECT pg_is_in_recovery() AS standby,
 -- name: server_role
 -- What /healthz says the database is.
 SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' END;
+
+-- name: inspection_seq_window
+-- The seqs between which every ledger row created in Asia/Tehran days [$1, $2) lies, widened by
+-- $3 seconds on each side (the far-apart look-around). created_at is the writing
+-- transaction's start, so seq follows it only roughly; a row created 10 minutes before (after)
+-- the window is seq-wise before (after) every row inside, as no ledger write lasts that long.
+-- Two probes of ledger_created_at_idx.
+SELECT coalesce((SELECT seq FROM ledger
+                 WHERE created_at < ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
+                                    - make_interval(secs => $3 + 600)
+                 ORDER BY created_at DESC LIMIT 1), 0) AS lo,
+       coalesce((SELECT seq FROM ledger
+                 WHERE created_at >= ($2::date::timestamp AT TIME ZONE 'Asia/Tehran')
+                                     + make_interval(secs => $3 + 600)
+                 ORDER BY created_at LIMIT 1), 9223372036854775807) AS hi;
+
+-- name: inspection_store_days
+-- The inspection signals' raw figures per store and Asia/Tehran day, for the stores of province
+-- $3 and/or the one store $4 (null: any), days [$1, $2), ledger seqs in ($5, $6)
+-- (inspection_seq_window). Rules: opening hours [$7, $8) in minutes after Tehran midnight,
+-- amounts that are multiples of $9 are round, a household's repeat at the same store within
+-- $10 seconds is a split, a minute of at least greatest($11, $12 * the store's redemptions per
+-- opening minute) redemptions is a burst, the same household at a store of another province
+-- within $13 seconds is far apart. The store's rows are reached by its index
+-- (merchant_id, seq) or the seq range; windows mark each row, one aggregate counts (no join of
+-- per-store results, whose sizes the planner cannot guess); the per-row look-ups are key
+-- probes.
+WITH rows AS MATERIALIZED (
+    SELECT l.seq, l.kind, l.merchant_id, l.terminal_id, l.request_id, l.national_id,
+           l.province AS household_province, l.amount, l.created_at, m.province, m.category,
+           m.name, (l.created_at AT TIME ZONE 'Asia/Tehran') AS local_at
+    FROM merchants m
+    JOIN ledger l ON l.merchant_id = m.id AND l.seq > $5 AND l.seq < $6
+    WHERE ($3::text IS NULL OR m.province = $3) AND ($4::bigint IS NULL OR m.id = $4)
+      AND l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
+      AND l.created_at < ($2::date::timestamp AT TIME ZONE 'Asia/Tehran')
+),
+marked AS (
+    SELECT r.*, r.local_at::date AS day, date_trunc('minute', r.local_at) AS minute,
+           lag(r.created_at) OVER (PARTITION BY r.merchant_id, r.kind, r.national_id
+                                   ORDER BY r.created_at, r.seq) AS previous_at,
+           count(*) OVER (PARTITION BY r.merchant_id, r.kind, r.local_at::date,
+                                       date_trunc('minute', r.local_at)) AS in_minute,
+           count(*) OVER (PARTITION BY r.merchant_id, r.kind, r.local_at::date) AS in_day
+    FROM rows r
+)
+SELECT r.merchant_id, r.name, r.province, r.category, r.day,
+       count(*) FILTER (WHERE r.kind = 'redemption') AS redemptions,
+       count(DISTINCT r.terminal_id) FILTER (WHERE r.kind = 'redemption') AS terminals,
+       count(DISTINCT r.national_id) FILTER (WHERE r.kind = 'redemption') AS households,
+       coalesce(sum(r.amount) FILTER (WHERE r.kind = 'redemption'), 0)::bigint AS amount,
+       count(*) FILTER (WHERE t.remaining = 0) AS emptied,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND r.household_province <> r.province)
+           AS outside_province,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND r.amount % $9::bigint = 0)
+           AS round_amounts,
+       count(*) FILTER (
+           WHERE r.kind = 'redemption'
+             AND extract(hour FROM r.local_at) * 60 + extract(minute FROM r.local_at)
+                 NOT BETWEEN $7::int AND $8::int - 1) AS after_hours,
+       count(*) FILTER (
+           WHERE r.kind = 'redemption'
+             AND r.previous_at > r.created_at - make_interval(secs => $10::float8)) AS splits,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND EXISTS (
+           SELECT FROM ledger o JOIN merchants om ON om.id = o.merchant_id
+           WHERE o.national_id = r.national_id AND o.seq > $5 AND o.seq < $6
+             AND o.kind = 'redemption' AND o.merchant_id <> r.merchant_id
+             AND om.province <> r.province
+             AND o.created_at BETWEEN r.created_at - make_interval(secs => $13::float8)
+                                  AND r.created_at + make_interval(secs => $13::float8)))
+           AS far_apart,
+       coalesce(max(r.in_minute) FILTER (WHERE r.kind = 'redemption'), 0) AS peak_per_minute,
+       count(DISTINCT r.minute) FILTER (WHERE r.kind = 'redemption' AND r.in_minute
+           >= greatest($11::int, $12::float8 * r.in_day / ($8::int - $7::int))) AS burst_minutes,
+       count(*) FILTER (WHERE r.kind = 'redemption' AND r.in_minute
+           >= greatest($11::int, $12::float8 * r.in_day / ($8::int - $7::int)))
+           AS burst_redemptions,
+       count(*) FILTER (WHERE r.kind = 'reversal') AS reversals
+FROM marked r
+LEFT JOIN terminal_requests t
+       ON r.kind = 'redemption' AND t.terminal_id = r.terminal_id AND t.request_id = r.request_id
+GROUP BY r.day, r.merchant_id, r.name, r.province, r.category
+ORDER BY r.day, r.merchant_id;
+
+-- name: inspection_peer_volumes
+-- Redemptions and terminals per store and Asia/Tehran day [$1, $2) of the stores of province
+-- $3 and category $4, ledger seqs in ($5, $6): the peers a store's volume is compared with.
+SELECT l.merchant_id, (l.created_at AT TIME ZONE 'Asia/Tehran')::date AS day,
+       count(*) AS redemptions, count(DISTINCT l.terminal_id) AS terminals
+FROM merchants m
+JOIN ledger l ON l.merchant_id = m.id AND l.seq > $5 AND l.seq < $6
+WHERE m.province = $3 AND m.category = $4 AND l.kind = 'redemption'
+  AND l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND l.created_at < ($2::date::timestamp AT TIME ZONE 'Asia/Tehran')
+GROUP BY 1, 2;
+
+-- name: inspection_merchant
+-- A store's province and category (none: no such store).
+SELECT id, name, province, category FROM merchants WHERE id = $1;
+
+-- name: inspection_rules
+-- The newest version of the inspection rules (none: the built-in defaults apply), or version
+-- $1 when given.
+SELECT version, rules::text AS rules, note, created_by, created_at FROM inspection_rules
+WHERE $1::integer IS NULL OR version = $1
+ORDER BY version DESC LIMIT 1;
+
+-- name: insert_inspection_rules
+-- A new version of the inspection rules, given as JSON text (the next number; a concurrent
+-- writer of the same number fails on the primary key).
+INSERT INTO inspection_rules (version, rules, note, created_by)
+SELECT coalesce(max(version), 0) + 1, $1::text::jsonb, $2, $3 FROM inspection_rules
+RETURNING version, rules::text AS rules, note, created_by, created_at;
+
+-- name: inspection_day_ranking
+-- The ranking of a closed province-day computed earlier under these rules, if any.
+SELECT ranking FROM inspection_days WHERE day = $1 AND province = $2 AND params = $3;
+
+-- name: save_inspection_day_ranking
+-- Keep the ranking of a closed province-day (a concurrent request may have kept it first).
+INSERT INTO inspection_days (day, province, params, ranking) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING;

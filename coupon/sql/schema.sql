@@ -142,8 +142,13 @@ CREATE TABLE merchants (
     province   text NOT NULL CONSTRAINT merchants_province_fkey REFERENCES provinces (code),
     status     text NOT NULL DEFAULT 'active'
         CONSTRAINT merchants_status_check CHECK (status IN ('active', 'suspended')),
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- what kind of store: inspection compares a store with those of its province and category
+    category   text NOT NULL DEFAULT 'grocery'
+        CONSTRAINT merchants_category_check CHECK (category IN (
+            'grocery', 'supermarket', 'chain_store', 'butcher', 'dairy_shop', 'bakery'))
 );
+CREATE INDEX merchants_province_idx ON merchants (province, category);
 
 CREATE TABLE terminals (
     id          bigint GENERATED ALWAYS AS IDENTITY (START WITH 1001) PRIMARY KEY,
@@ -171,7 +176,32 @@ CREATE TABLE api_tokens (
     created_at timestamptz NOT NULL DEFAULT now(),
     -- a token works until it expires or is revoked, whichever comes first
     expires_at timestamptz NOT NULL,
-    revoked_at timestamptz
+    revoked_at timestamptz,
+    -- a token with a province acts only on that province's stores, terminals and households;
+    -- none (null) is national
+    province   text CONSTRAINT api_tokens_province_fkey REFERENCES provinces (code)
+);
+
+-- The thresholds and weights of the inspection signals (coupon/inspection.py), one row per
+-- version; the newest applies. Never updated: a change is a new version.
+CREATE TABLE inspection_rules (
+    version    integer PRIMARY KEY CONSTRAINT inspection_rules_version_check CHECK (version > 0),
+    rules      jsonb NOT NULL,
+    note       text NOT NULL DEFAULT '',
+    created_by text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The inspection ranking of a closed province-day (every ledger row of it committed), computed
+-- once by the first request that needs it under the same rules (`params`, as JSON) and read by
+-- the next ones; `ranking` is the JSON array of the stores that scored.
+CREATE TABLE inspection_days (
+    day         date NOT NULL,
+    province    text NOT NULL,  -- the stores' ('*': every province)
+    params      text NOT NULL,
+    ranking     text NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT inspection_days_pkey PRIMARY KEY (day, province, params)
 );
 
 -- Drawn from whenever a terminal's secret is made or changes: every process polls it and
@@ -391,7 +421,7 @@ GRANT SELECT (id, merchant_id, status, created_at) ON terminals TO coupon_reader
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coupon_writer;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ledger FROM coupon_writer;
 REVOKE UPDATE, DELETE, TRUNCATE ON ledger_seals, ledger_blocks, ledger_block_signatures,
-    schema_meta, provinces FROM coupon_writer;
+    schema_meta, provinces, inspection_rules FROM coupon_writer;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO coupon_writer;
 
 -- ============================================================================================

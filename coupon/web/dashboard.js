@@ -361,6 +361,9 @@
     }
     state.token = token;
     sessionStorage.setItem(TOKEN_KEY, token);
+    // a provincial token's province is pinned, unless this browser already chose one
+    const scoped = resp.headers.get("X-Token-Province");
+    if (scoped && !localStorage.getItem(MINE_KEY)) state.mine = scoped;
     $("login").hidden = true;
     $("board").hidden = false;
     $("logout").hidden = false;

@@ -278,8 +278,16 @@ async def test_merchants_and_terminals(dsn: str, conn: asyncpg.Connection) -> No
     code, out, _ = await coupon(dsn, "merchants", "list", "--province", "IR-23")
     assert code == 0
     header, row = out.strip().splitlines()
-    assert header.split() == ["id", "province", "status", "terminals", "name"]
-    assert row.split() == [str(merchant_id), "IR-23", "active", "1", "Shahrvand", "Ekbatan"]
+    assert header.split() == ["id", "province", "category", "status", "terminals", "name"]
+    assert row.split() == [
+        str(merchant_id),
+        "IR-23",
+        "grocery",
+        "active",
+        "1",
+        "Shahrvand",
+        "Ekbatan",
+    ]
     code, out, _ = await coupon(dsn, "terminals", "list")
     assert code == 0 and secret not in out and f"{terminal_id}  " in out
 
@@ -294,7 +302,9 @@ async def test_merchants_and_terminals(dsn: str, conn: asyncpg.Connection) -> No
     )
     assert dict(statuses) == {"m": "suspended", "t": "suspended"}
     code, out, _ = await coupon(dsn, "merchants", "list", "--status", "active")
-    assert code == 0 and out.strip().splitlines() == ["id  province  status  terminals  name"]
+    assert code == 0 and out.strip().splitlines() == [
+        "id  province  category  status  terminals  name"
+    ]
     code, out, _ = await coupon(dsn, "merchants", "activate", str(merchant_id))
     assert code == 0 and "is active" in out
     code, _, err = await coupon(dsn, "terminals", "suspend", "424242")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from coupon import db, demo, simulator
+from coupon import db, demo, inspection, simulator
 from coupon.api.keys import KEYRING
 from coupon.config import Settings
 from coupon.keyring import Keyring
@@ -71,6 +71,36 @@ async def test_the_simulated_traffic_uses_the_real_api(
     await invariants(conn)
     ledger = await conn.fetchval("SELECT count(*) FROM ledger")
     assert ledger == counts["redemption_201"] + counts["reversal_201"]
+
+
+async def test_the_demo_injects_fraud_that_inspection_finds(
+    client: Client, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    seeded = await demo.seed(conn, tmp_path, total_households=1_000, keyring=client.app[KEYRING])
+    assert len(await conn.fetch("SELECT DISTINCT category FROM merchants")) > 2
+    cheats = demo.fraudulent(seeded.terminals)
+    assert len({t["merchant_id"] for t in cheats}) == demo.FRAUDULENT_STORES
+    assert demo.fraudulent(seeded.terminals) == cheats  # the same stores on every start
+    shoppers = [
+        simulator.Shopper(r["national_id"], r["province"], r["entitled"])
+        for r in await conn.fetch(db.q("demo_shoppers"), 10_000)
+    ]
+    traffic = simulator.Traffic(
+        str(client.make_url("")).rstrip("/"),
+        [simulator.Pos(t["terminal_id"], t["secret"], t["province"]) for t in seeded.terminals],
+        shoppers,
+        rate=300,
+        seed=5,
+        fraud_terminals=[
+            simulator.Pos(t["terminal_id"], t["secret"], t["province"]) for t in cheats
+        ],
+    )
+    counts = await traffic.run(requests=1200)
+    assert counts["error"] == 0, counts
+    await invariants(conn)
+    _, ranked = await inspection.ranking(conn, inspection.today_in_tehran(), None, 5)
+    found = {r["merchant_id"] for r in ranked[:3]}
+    assert found & {t["merchant_id"] for t in cheats}, ranked
 
 
 async def test_demo_no_serve_loads_and_prints_the_way_in(dsn: str, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from coupon import (
 )
 from coupon.config import Settings
 from coupon.keyring import Keyring
-from coupon.models import MerchantCreate, TrancheCreate
+from coupon.models import TrancheCreate
 from coupon.provinces import iran_provinces
 from tests.conftest import TEST_SHARDS, as_role
 from tests.integration.helpers import households_csv, national_ids, tranche_body
@@ -125,8 +125,9 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
             tranche_body(bands=[{"up_to_decile": 3, "per_member_credit": 5_000_000}])
         )
         await tranches.open_tranche(conn, tranche)
-        merchant = await merchants.create_merchant(
-            conn, MerchantCreate(name="Shop", province="IR-15")
+        # as 0.1.0 stored a store: no category
+        merchant = await conn.fetchval(
+            "INSERT INTO merchants (name, province) VALUES ('Shop', 'IR-15') RETURNING id"
         )
         # as 0.1.0 stored a terminal: its secret in plain text
         secret = "ab" * 32
@@ -159,9 +160,16 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
 
         after = await _fingerprint(conn)
         assert after.pop("ledger_block_signatures")[0] == 0  # new, and empty
+        assert after.pop("inspection_rules")[0] == 0  # new, and empty
+        assert after.pop("inspection_days")[0] == 0
         # terminals have new columns: the old ones compared, then the secret encrypted
         assert after.pop("terminals") != before.pop("terminals")
+        # so have stores: a category, the default for those that had none
+        assert after.pop("merchants") != before.pop("merchants")
         assert after == before
+        assert await conn.fetchval(
+            "SELECT (id, name, category) = ($1, 'Shop', 'grocery') FROM merchants", merchant
+        )
         assert await conn.fetchval(
             "SELECT (id, merchant_id, secret, status) = ($1, $2, $3, 'active') FROM terminals",
             terminal,

@@ -15,7 +15,7 @@ async def test_every_query_prepares(conn: asyncpg.Connection) -> None:
     assert {"redeem_many", "reverse", "balance_inquiry", "stats", "credit_tranche"} <= names
     async with conn.transaction():
         await conn.execute(db.q("create_import_lines"))
-        await conn.execute(db.q("classify_import_lines"), 4, 1, 2, 3, 4, None)
+        await conn.execute(db.q("classify_import_lines"), 4, 1, 2, 3, 4, None, None)
         for name in sorted(names - set(IMPORT_STEPS)):
             await conn.prepare(db.q(name))
 

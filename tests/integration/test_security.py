@@ -195,7 +195,11 @@ async def test_suspended_terminals_and_stores_are_refused(
 
 
 def _url(path: str) -> str:
-    return path.replace("{national_id}", "0084575948").replace("{id}", "1")
+    return (
+        path.replace("{national_id}", "0084575948")
+        .replace("{id}", "1")
+        .replace("{merchant_id}", "1")
+    )
 
 
 BEARER_ROUTES = [r for r in ROUTES if r.auth not in ("terminal", "none")]
