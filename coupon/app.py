@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from coupon import audit, db, live, logs, merchants, reads
+from coupon import audit, db, inspection, live, logs, merchants, reads
 from coupon.api import keys, openapi, protocol
 from coupon.api.clients import Clients, StreamSlots
 from coupon.api.guard import guard
@@ -133,10 +133,16 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         async with app[keys.POOL].acquire() as conn:
             await app[keys.SECRETS].forget_if_changed(conn)
 
+    async def keep_inspection_day() -> None:
+        # the last closed day's store rankings, computed once, before an auditor asks
+        async with app[keys.POOL].acquire() as conn:
+            await inspection.keep_closed_day(conn)
+
     # a secret made or rotated in another process holds here within a second
     key_watch = background(lambda app: every(0.5, "terminal_keys", watch_terminal_keys))
     nonce_pruner = background(lambda app: every(60.0, "nonce_prune", prune_nonces))
     sealer = background(lambda app: every(settings.seal_interval, "ledger_seal", seal_ledger))
+    inspection_keeper = background(lambda app: every(60.0, "inspection_keep", keep_inspection_day))
 
     async def live_counters(app: web.Application) -> AsyncIterator[None]:
         metrics = app[keys.METRICS]
@@ -168,7 +174,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     if settings.log_flush_interval > 0:
         app.cleanup_ctx.append(log_flusher)
-    app.cleanup_ctx.extend([pool, key_watch, nonce_pruner, sealer])
+    app.cleanup_ctx.extend([pool, key_watch, nonce_pruner, sealer, inspection_keeper])
     if settings.database_read_url is not None:
         # the primary's WAL position, which standbys' freshness is measured against
         app.cleanup_ctx.append(

@@ -24,6 +24,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from coupon import audit, db, errors
+from coupon.provinces import iran_provinces
 
 TEHRAN = ZoneInfo("Asia/Tehran")
 # history requests span at most this many days
@@ -416,6 +417,26 @@ async def ranking(
                 db.q("save_inspection_day_ranking"), day, key, params, orjson.dumps(rows).decode()
             )
     return rules, rows[:limit]
+
+
+async def keep_closed_day(conn: db.Connection, now: dt.datetime | None = None) -> int:
+    """Compute and keep, ahead of any request, the rankings of the last closed day that are not
+    kept yet under the rules in force -- the nation's and each province's -- so that no auditor
+    waits for a past day's figures. One process at a time; returns how many it computed."""
+    now = now or dt.datetime.now(dt.UTC)
+    day = (now - CLOSED_AFTER).astimezone(TEHRAN).date() - dt.timedelta(days=1)
+    if not await conn.fetchval(db.q("try_inspection_keeper_lock")):
+        return 0
+    try:
+        rules = await rules_in_force(conn)
+        params = rules.rules.model_dump_json()
+        kept = {r["province"] for r in await conn.fetch(db.q("inspection_days_kept"), day, params)}
+        missing = [key for key in ("*", *(p.code for p in iran_provinces())) if key not in kept]
+        for key in missing:
+            await ranking(conn, day, None if key == "*" else key, limit=0)
+        return len(missing)
+    finally:
+        await conn.execute(db.q("inspection_keeper_unlock"))
 
 
 async def history(

@@ -940,3 +940,15 @@ SELECT ranking FROM inspection_days WHERE day = $1 AND province = $2 AND params 
 -- Keep the ranking of a closed province-day (a concurrent request may have kept it first).
 INSERT INTO inspection_days (day, province, params, ranking) VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING;
+
+-- name: try_inspection_keeper_lock
+-- One process at a time computes the closed days' rankings ahead of the auditors (a session
+-- lock, released by inspection_keeper_unlock, or by the connection's end).
+SELECT pg_try_advisory_lock(7365626, 5);
+
+-- name: inspection_keeper_unlock
+SELECT pg_advisory_unlock(7365626, 5);
+
+-- name: inspection_days_kept
+-- The provinces ('*': every province) whose ranking of a day is kept under these rules.
+SELECT province FROM inspection_days WHERE day = $1 AND params = $2;

@@ -515,6 +515,31 @@ async def test_a_closed_day_is_ranked_once_per_rules(
     assert await conn.fetchval("SELECT count(*) FROM inspection_days") == 3
 
 
+async def test_the_last_closed_day_is_kept_ahead_of_the_auditors(
+    superuser_dsn: str, conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    store = await ledger.store()
+    await ledger.many(store, 14, remaining=0)
+    # 00:20 in Tehran the day after DAY: DAY is closed, and nobody has asked for it
+    now = at(0, 20, day=DAY + dt.timedelta(days=1)).astimezone(dt.UTC)
+    assert await inspection.keep_closed_day(conn, now) == 1 + 31  # the nation, each province
+    assert await conn.fetchval("SELECT count(*) FROM inspection_days WHERE day = $1", DAY) == 32
+    # what a request then reads is the kept ranking, the same as one computed now
+    await ledger.redeem(store, at(12, 30), remaining=0)
+    _, kept = await inspection.ranking(conn, DAY, "IR-15", 10)
+    assert kept[0]["merchant_id"] == store and kept[0]["redemptions"] == 14
+    assert await inspection.keep_closed_day(conn, now) == 0
+    # another process holding the keeper's lock: this one leaves the work to it
+    await conn.execute("DELETE FROM inspection_days")
+    other = await asyncpg.connect(superuser_dsn)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock(7365626, 5)")
+        assert await inspection.keep_closed_day(conn, now) == 0
+    finally:
+        await other.close()
+    assert await inspection.keep_closed_day(conn, now) == 32
+
+
 async def test_today_is_never_kept(conn: asyncpg.Connection, ledger: Ledger) -> None:
     store = await ledger.store()
     today = inspection.today_in_tehran()
