@@ -259,6 +259,24 @@ class Etcd:
                 self.proc.wait(10)
 
 
+def sweep_abandoned() -> None:
+    """Whatever a killed run left behind (its process is gone, so its teardown never ran): the
+    processes started from its directory, its network namespaces, its files."""
+    for run in HA_HOME.glob("run-*"):
+        with contextlib.suppress(ValueError, IndexError):
+            if _alive(int(run.name.split("-")[1])):
+                continue
+        victims = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and str(run).encode() in (entry / "cmdline").read_bytes():
+                    victims.append(int(entry.name))
+        _kill9(victims)
+        with contextlib.suppress(OSError):
+            Network(tag=(run / "network").read_text().strip()).down()
+        shutil.rmtree(run, ignore_errors=True)
+
+
 @dataclass
 class Network:
     """Each database node in a network namespace of its own, on a bridge with etcd and the
@@ -384,12 +402,14 @@ class Cluster:
 
     def start(self, patience: float = 180.0) -> None:
         self.patroni_bin, self.pg_bin = install()
+        sweep_abandoned()
         self.run_as = RunAs.choose()
         self.home.mkdir(parents=True)
         self.archive.mkdir()
         ports = free_ports(4 * self.size)
         net = self.network
         if net is not None:
+            (self.home / "network").write_text(net.tag)
             net.up()
         initial = []
         for i in range(self.size):
