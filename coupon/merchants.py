@@ -88,8 +88,14 @@ async def rewrap_secrets(conn: db.Connection, keyring: Keyring) -> int:
     return done
 
 
-async def set_terminal_status(conn: db.Connection, terminal_id: int, status: str) -> Terminal:
-    row = await conn.fetchrow(db.q("set_terminal_status"), terminal_id, status)
+async def set_terminal_status(
+    conn: db.Connection,
+    terminal_id: int,
+    status: str | None,
+    offline_enabled: bool | None = None,
+) -> Terminal:
+    """Change a terminal's status, whether it may work offline, or both (None: unchanged)."""
+    row = await conn.fetchrow(db.q("set_terminal_status"), terminal_id, status, offline_enabled)
     if row is None:
         raise errors.TerminalNotFound()
     return Terminal.model_validate(dict(row))

@@ -35,6 +35,8 @@ async def open_tranche(conn: db.Connection, tranche: TrancheCreate) -> TrancheCr
             list(tranche.categories),
             tranche.carry_over,
             carried_from,
+            tranche.offline_allowance,
+            tranche.offline_max_amount,
         )
         await conn.execute(
             db.q("insert_tranche_bands"),

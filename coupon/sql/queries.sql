@@ -208,8 +208,9 @@ SELECT id, ends_at FROM tranches WHERE ends_at <= $1 ORDER BY ends_at DESC LIMIT
 
 -- name: insert_tranche
 -- A new tranche; the exclusion constraint rejects an overlapping window.
-INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from,
+                      offline_allowance, offline_max_amount)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING id;
 
 -- name: insert_tranche_bands
@@ -276,7 +277,8 @@ UPDATE tranches SET households_credited = $2, total_credit = $3 WHERE id = $1;
 -- name: list_tranches
 -- Every tranche with its bands, newest window first.
 SELECT t.id, t.name, t.starts_at, t.ends_at, t.categories, t.carry_over, t.carried_from,
-       t.households_credited, t.total_credit, t.created_at,
+       t.households_credited, t.total_credit, t.created_at, t.offline_allowance,
+       t.offline_max_amount,
        coalesce(
            (SELECT jsonb_agg(jsonb_build_object(
                        'up_to_decile', b.up_to_decile,
@@ -338,8 +340,10 @@ UPDATE terminals SET secret_box = $3, previous_box = $4
 WHERE id = $1 AND secret_box = $2;
 
 -- name: set_terminal_status
--- Suspend or reactivate a POS terminal.
-UPDATE terminals SET status = $2 WHERE id = $1 RETURNING id, merchant_id, status;
+-- Suspend or reactivate a POS terminal, and/or let it work offline or not (null: unchanged).
+UPDATE terminals
+SET status = coalesce($2, status), offline_enabled = coalesce($3, offline_enabled)
+WHERE id = $1 RETURNING id, merchant_id, status, offline_enabled;
 
 -- name: terminal_secret
 -- The encrypted HMAC secrets of a terminal, to verify its signatures: the current one, and the
@@ -362,6 +366,87 @@ SELECT outcome, entry_id, amount, remaining, replayed FROM reverse($1, $2, $3, $
 -- name: balance_inquiry
 -- A household's eligibility and remaining credit in the current tranche.
 SELECT outcome, reason, tranche_id, remaining, ends_at FROM balance_inquiry($1, $2, $3);
+
+-- name: post_offline_batch
+-- Purchases approved offline, forwarded in one batch (SQL function post_offline_batch()).
+SELECT offline_seq, request_id, outcome, reason, entry_id, amount, remaining, tranche_id,
+       posted_at, replayed
+FROM post_offline_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12);
+
+-- name: offline_gaps
+-- The offline_seq numbers a terminal has not forwarded below the highest it has: ranges
+-- (first, last), the first $2 of them, and the highest.
+SELECT coalesce(array_agg(g.prev + 1 ORDER BY g.prev) FILTER (WHERE g.k <= $2), '{}') AS firsts,
+       coalesce(array_agg(g.offline_seq - 1 ORDER BY g.prev) FILTER (WHERE g.k <= $2), '{}')
+           AS lasts,
+       (SELECT max(offline_seq) FROM offline_purchases WHERE terminal_id = $1) AS last_seq
+FROM (SELECT s.prev, s.offline_seq, row_number() OVER (ORDER BY s.prev) AS k
+      FROM (SELECT offline_seq, lag(offline_seq, 1, 0::bigint) OVER (ORDER BY offline_seq) AS prev
+            FROM offline_purchases WHERE terminal_id = $1) s
+      WHERE s.offline_seq > s.prev + 1) g;
+
+-- name: terminals_with_gaps
+-- Every terminal that forwarded offline purchases with offline_seq numbers missing below its
+-- highest: how many are missing, and the highest.
+SELECT o.terminal_id, t.merchant_id, max(o.offline_seq) AS last_offline_seq,
+       (max(o.offline_seq) - count(*))::bigint AS missing
+FROM offline_purchases o JOIN terminals t ON t.id = o.terminal_id
+GROUP BY o.terminal_id, t.merchant_id
+HAVING max(o.offline_seq) > count(*)
+ORDER BY o.terminal_id;
+
+-- name: reconciliation_entries
+-- What the processor booked for one terminal ($1, its store $2) on one Asia/Tehran day ($3):
+-- redemptions online by posting time, redemptions forwarded from offline by capture time
+-- (posted at most $4 later), reversals by posting time.
+SELECT CASE WHEN l.kind = 'reversal' THEN 'reversals'
+            WHEN l.captured_at IS NULL THEN 'online_redemptions'
+            ELSE 'offline_redemptions' END AS total,
+       l.request_id, l.amount
+FROM ledger l
+WHERE l.merchant_id = $2 AND l.terminal_id = $1
+  AND l.created_at >= ($3::date::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND l.created_at < (($3::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran') + $4::interval
+  AND coalesce(l.captured_at, l.created_at)
+      < (($3::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND coalesce(l.captured_at, l.created_at)
+      >= ($3::date::timestamp AT TIME ZONE 'Asia/Tehran')
+ORDER BY l.seq;
+
+-- name: terminal_merchant
+-- A terminal's store.
+SELECT merchant_id FROM terminals WHERE id = $1;
+
+-- name: save_reconciliation
+-- A terminal's reconciliation of a day; a later one of the same day replaces it.
+INSERT INTO terminal_reconciliations (terminal_id, business_date, status, reported, processor,
+                                      differences, processor_only, terminal_only)
+VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6::text::jsonb, $7, $8)
+ON CONFLICT (terminal_id, business_date) DO UPDATE
+SET status = excluded.status, reported = excluded.reported, processor = excluded.processor,
+    differences = excluded.differences, processor_only = excluded.processor_only,
+    terminal_only = excluded.terminal_only, reconciled_at = now();
+
+-- name: list_reconciliations
+-- The terminals' reconciliations of one day ($1), of one status ($2) when given, by terminal.
+SELECT r.terminal_id, t.merchant_id, r.business_date, r.status, r.reported::text AS reported,
+       r.processor::text AS processor, r.differences::text AS differences, r.processor_only, r.terminal_only, r.reconciled_at
+FROM terminal_reconciliations r JOIN terminals t ON t.id = r.terminal_id
+WHERE r.business_date = $1 AND ($2::text IS NULL OR r.status = $2)
+ORDER BY r.terminal_id;
+
+-- name: offline_declines
+-- The offline purchases declined when posted on one Asia/Tehran day ($1), of one store ($2)
+-- when given: each is the store's loss, with its reason.
+SELECT o.terminal_id, t.merchant_id, o.offline_seq, o.request_id, o.national_id, o.amount,
+       o.captured_at, o.posted_at, r.reason
+FROM offline_purchases o
+JOIN terminal_requests r ON r.terminal_id = o.terminal_id AND r.request_id = o.request_id
+JOIN terminals t ON t.id = o.terminal_id
+WHERE o.posted_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND o.posted_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND r.outcome = 'declined' AND ($2::bigint IS NULL OR t.merchant_id = $2)
+ORDER BY o.posted_at, o.terminal_id, o.offline_seq;
 
 -- name: prune_nonces
 -- Forget nonces older than the clock window: a request that old is refused by its timestamp.
@@ -401,11 +486,12 @@ SELECT EXISTS (SELECT FROM tranches WHERE id = $1);
 
 -- name: ledger_page
 -- One page of the ledger in seq order after a cursor, up to a commit horizon (a lower seq can
--- commit after a higher one: a page past the horizon could skip it); filters: null = any.
+-- commit after a higher one: a page past the horizon could skip it); filters: null = any ($12:
+-- 'online', or 'offline' for purchases forwarded from offline).
 -- Run with plan_cache_mode = force_custom_plan so each call is planned for its own filters;
 -- the inner select finds the page's seqs (often from an index alone), the outer fetches rows.
 SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
-       tranche_id, amount, created_at
+       tranche_id, amount, created_at, captured_at
 FROM ledger
 WHERE seq IN (
     SELECT seq FROM ledger
@@ -417,6 +503,7 @@ WHERE seq IN (
       AND ($6::text IS NULL OR kind = $6)
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
+      AND ($12::text IS NULL OR (captured_at IS NOT NULL) = ($12 = 'offline'))
       AND seq > $9 AND seq <= $11
     ORDER BY seq
     LIMIT $10
@@ -428,7 +515,7 @@ ORDER BY seq;
 -- whole ledger in seq order hoping to meet the window early (created_at only roughly follows
 -- seq): it collects the window's seqs from a time index instead and keeps the first ones.
 SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
-       tranche_id, amount, created_at
+       tranche_id, amount, created_at, captured_at
 FROM ledger
 WHERE seq IN (
     SELECT seq FROM ledger
@@ -440,6 +527,7 @@ WHERE seq IN (
       AND ($6::text IS NULL OR kind = $6)
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
+      AND ($12::text IS NULL OR (captured_at IS NOT NULL) = ($12 = 'offline'))
       AND seq > $9 AND seq <= $11
     ORDER BY seq + 0
     LIMIT $10
@@ -447,19 +535,45 @@ WHERE seq IN (
 ORDER BY seq;
 
 -- name: settlement
--- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed.
+-- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed;
+-- of the redemptions, those forwarded from offline; and the offline purchases declined when
+-- they were posted that day (the store's loss: it had handed the goods over).
+WITH day AS (
+    SELECT ($1::date::timestamp AT TIME ZONE 'Asia/Tehran') AS starts,
+           (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran') AS ends
+), booked AS (
+    SELECT l.merchant_id,
+           count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
+           count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'redemption'), 0) AS redeemed_amount,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reversal'), 0) AS reversed_amount,
+           coalesce(sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END), 0)
+               AS net_amount,
+           count(*) FILTER (WHERE l.captured_at IS NOT NULL) AS offline_redemptions,
+           coalesce(sum(l.amount) FILTER (WHERE l.captured_at IS NOT NULL), 0) AS offline_amount
+    FROM ledger l, day
+    WHERE l.created_at >= day.starts AND l.created_at < day.ends
+    GROUP BY l.merchant_id
+), lost AS (
+    SELECT t.merchant_id, count(*) AS declined_offline, sum(o.amount) AS declined_offline_amount
+    FROM offline_purchases o
+    JOIN terminal_requests r ON r.terminal_id = o.terminal_id AND r.request_id = o.request_id
+    JOIN terminals t ON t.id = o.terminal_id, day
+    WHERE o.posted_at >= day.starts AND o.posted_at < day.ends AND r.outcome = 'declined'
+    GROUP BY t.merchant_id
+)
 SELECT m.id AS merchant_id, m.name, m.province,
-       count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
-       count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'redemption'), 0)::bigint AS redeemed_amount,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reversal'), 0)::bigint AS reversed_amount,
-       coalesce(sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END), 0)::bigint
-           AS net_amount
-FROM ledger l
-JOIN merchants m ON m.id = l.merchant_id
-WHERE l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
-  AND l.created_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
-GROUP BY m.id
+       coalesce(b.redemptions, 0) AS redemptions, coalesce(b.reversals, 0) AS reversals,
+       coalesce(b.redeemed_amount, 0)::bigint AS redeemed_amount,
+       coalesce(b.reversed_amount, 0)::bigint AS reversed_amount,
+       coalesce(b.net_amount, 0)::bigint AS net_amount,
+       coalesce(b.offline_redemptions, 0) AS offline_redemptions,
+       coalesce(b.offline_amount, 0)::bigint AS offline_amount,
+       coalesce(x.declined_offline, 0) AS declined_offline,
+       coalesce(x.declined_offline_amount, 0)::bigint AS declined_offline_amount
+FROM booked b
+FULL JOIN lost x ON x.merchant_id = b.merchant_id
+JOIN merchants m ON m.id = coalesce(b.merchant_id, x.merchant_id)
 ORDER BY m.id;
 
 -- name: ledger_horizon
@@ -498,14 +612,14 @@ ORDER BY b.block_no;
 -- name: export_rows
 -- Every sealed ledger row, with all its digest's fields, in seq order (up to a head).
 SELECT seq, kind, request_id, terminal_id, merchant_id, national_id, province, tranche_id,
-       amount, reverses, created_at
+       amount, reverses, created_at, captured_at
 FROM ledger WHERE seq <= $1 ORDER BY seq;
 
 -- name: seal_rows
 -- Digest the rows (after, up to] into a new block's seals; at most $4 rows per block.
 INSERT INTO ledger_seals (seq, block_no, digest)
 SELECT seq, $3, ledger_digest(seq, kind, request_id, terminal_id, merchant_id, national_id,
-                              province, tranche_id, amount, reverses, created_at)
+                              province, tranche_id, amount, reverses, created_at, captured_at)
 FROM ledger WHERE seq > $1 AND seq <= $2
 ORDER BY seq
 LIMIT $4;
@@ -539,7 +653,7 @@ CROSS JOIN LATERAL (
            sha256(b.prev_hash || coalesce(string_agg(
                ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id, l.merchant_id,
                              l.national_id, l.province, l.tranche_id, l.amount, l.reverses,
-                             l.created_at),
+                             l.created_at, l.captured_at),
                ''::bytea ORDER BY l.seq), ''::bytea)) AS hash
     FROM ledger l WHERE l.seq > b.prev_end AND l.seq <= b.last_seq
 ) d
@@ -556,7 +670,7 @@ FULL JOIN (SELECT * FROM ledger_seals WHERE seq > $1 AND seq <= $2) s ON s.seq =
 WHERE l.seq IS NULL OR s.seq IS NULL
    OR s.digest <> ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id, l.merchant_id,
                                 l.national_id, l.province, l.tranche_id, l.amount, l.reverses,
-                                l.created_at);
+                                l.created_at, l.captured_at);
 
 -- name: count_ledger
 -- How many entries the ledger holds.
@@ -746,7 +860,7 @@ ORDER BY m.id;
 
 -- name: list_terminals
 -- POS terminals (never their secrets) with their store, of one store ($1) when given.
-SELECT t.id, t.merchant_id, m.name AS merchant_name, m.province, t.status
+SELECT t.id, t.merchant_id, m.name AS merchant_name, m.province, t.status, t.offline_enabled
 FROM terminals t
 JOIN merchants m ON m.id = t.merchant_id
 WHERE $1::bigint IS NULL OR t.merchant_id = $1
