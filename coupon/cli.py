@@ -1301,11 +1301,17 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             traffic = simulator.Traffic(
                 f"http://{local}:{port}",
                 [
-                    simulator.Pos(t["terminal_id"], t["secret"], t["province"])
+                    simulator.Pos(
+                        t["terminal_id"],
+                        t["secret"],
+                        t["province"],
+                        t.get("offline_enabled", False),
+                    )
                     for t in seeded.terminals
                 ],
                 shoppers,
                 rate,
+                offline_seqs=seeded.offline_seqs,
             )
             await serve_until_stopped(
                 settings,

@@ -373,6 +373,10 @@ SELECT offline_seq, request_id, outcome, reason, entry_id, amount, remaining, tr
        posted_at, replayed
 FROM post_offline_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12);
 
+-- name: last_offline_seqs
+-- Each terminal's highest offline_seq forwarded (the demo's terminals number on from there).
+SELECT terminal_id, max(offline_seq) AS last_seq FROM offline_purchases GROUP BY terminal_id;
+
 -- name: offline_gaps
 -- The offline_seq numbers a terminal has not forwarded below the highest it has: ranges
 -- (first, last), the first $2 of them, and the highest.
@@ -811,7 +815,9 @@ FROM moves GROUP BY at ORDER BY at;
 -- name: insight_activity
 -- Per province, for tranche $1 (all of them when null): declined redemptions by reason (by
 -- the store's province: a decline may name no household), reversals and their rials (by the
--- household's province), and net transactions and rials since $2 (the start of the day).
+-- household's province), and net transactions and rials since $2 (the start of the day); of
+-- the purchases forwarded from offline, those posted (by the household's province) and those
+-- declined at posting, the stores' losses (by the store's province), with their rials.
 WITH t AS (
     SELECT coalesce(min(starts_at), '-infinity') AS starts_at,
            coalesce(max(ends_at), 'infinity') AS ends_at
@@ -824,6 +830,19 @@ WITH t AS (
     WHERE r.kind = 'redemption' AND r.outcome = 'declined'
       AND r.created_at >= t.starts_at AND r.created_at < t.ends_at
     GROUP BY 1, 2
+), offline_lost AS (
+    SELECT m.province, count(*) AS n, sum(o.amount) AS amount
+    FROM offline_purchases o
+    JOIN terminal_requests r ON r.terminal_id = o.terminal_id AND r.request_id = o.request_id
+    JOIN terminals d ON d.id = o.terminal_id
+    JOIN merchants m ON m.id = d.merchant_id, t
+    WHERE r.outcome = 'declined' AND o.posted_at >= t.starts_at AND o.posted_at < t.ends_at
+    GROUP BY 1
+), offline_posted AS (
+    SELECT l.province, count(*) AS n, sum(l.amount) AS amount
+    FROM ledger l
+    WHERE l.captured_at IS NOT NULL AND ($1::bigint IS NULL OR l.tranche_id = $1)
+    GROUP BY 1
 ), ledger_sums AS (
     SELECT l.province,
            count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
@@ -844,9 +863,15 @@ SELECT p.code,
        coalesce(s.reversed_amount, 0)::bigint AS reversed_amount,
        coalesce(s.today_transactions, 0)::bigint AS today_transactions,
        coalesce(s.today_amount, 0)::bigint AS today_amount,
+       coalesce(op.n, 0)::bigint AS offline_posted,
+       coalesce(op.amount, 0)::bigint AS offline_posted_amount,
+       coalesce(ol.n, 0)::bigint AS offline_declined,
+       coalesce(ol.amount, 0)::bigint AS offline_declined_amount,
        statement_timestamp() AS as_of
 FROM provinces p
 LEFT JOIN ledger_sums s ON s.province = p.code
+LEFT JOIN offline_posted op ON op.province = p.code
+LEFT JOIN offline_lost ol ON ol.province = p.code
 ORDER BY p.code;
 
 -- name: list_merchants

@@ -319,3 +319,37 @@ async def test_settlement_shows_offline_postings_and_the_stores_losses(
     keys = client.app[SEAL_KEYS]
     await audit.seal(conn, keys)
     assert (await audit.verify(conn, keys)).ok  # settlement == the terminals' answers
+
+
+async def test_the_dashboard_shows_offline_postings_and_losses_per_province(
+    world: Any, client: Client, auditor: dict[str, str]
+) -> None:
+    in_tehran = next(n for n, p in world.province.items() if p == "IR-23")
+    resp = await forward(
+        world.terminal,
+        [purchase(1, in_tehran, 400_000), purchase(2, in_tehran, 2_500_000)],  # max 2,000,000
+    )
+    assert [r["status"] for r in resp.body["results"]] == ["approved", "declined"]
+    for query in ("", f"?tranche_id={world.tranche_id}"):
+        body = await (await client.get(f"/v1/stats/activity{query}", headers=auditor)).json()
+        by_code = {p["code"]: p for p in body["provinces"]}
+        tehran, store = by_code["IR-23"], by_code["IR-15"]  # household's, store's province
+        assert (tehran["offline_posted"], tehran["offline_posted_amount"]) == (1, 400_000)
+        assert (store["offline_declined"], store["offline_declined_amount"]) == (1, 2_500_000)
+        assert store["declines"] == {"offline_max_amount_exceeded": 1}
+        assert by_code["IR-01"]["offline_posted"] == by_code["IR-01"]["offline_declined"] == 0
+
+
+async def test_the_offline_endpoints_are_in_openapi(client: Client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    paths = doc["paths"]
+    for path in ("/v1/offline/batches", "/v1/terminals/reconciliation"):
+        assert "post" in paths[path], path
+    for path in ("/v1/reconciliation", "/v1/reports/offline-declines", "/v1/admin/offline/gaps"):
+        assert paths[path]["get"]["security"] == [{"bearer": []}], path
+    schemas = doc["components"]["schemas"]
+    assert {"offline_allowance", "offline_max_amount"} <= set(
+        schemas["TrancheCreate"]["properties"]
+    )
+    assert "offline_enabled" in schemas["TerminalChange"]["properties"]
+    assert "captured_at" in schemas["LedgerEntry"]["properties"]
