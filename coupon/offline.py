@@ -116,6 +116,7 @@ def _zero() -> dict[str, dict[str, int]]:
 async def reconcile(
     conn: db.Connection,
     terminal_id: int,
+    nonce: str,
     request: ReconciliationRequest,
     day: dt.date,
     max_delay: dt.timedelta,
@@ -123,7 +124,9 @@ async def reconcile(
     """Compare a terminal's totals of a day with what the processor booked for it; keep the
     result for the auditors (a later reconciliation of the same day replaces it)."""
     async with conn.transaction():
-        merchant_id = await conn.fetchval(db.q("terminal_merchant"), terminal_id)
+        merchant_id = await conn.fetchval(db.q("terminal_merchant"), terminal_id, nonce)
+        if merchant_id is None:
+            raise errors.NonceReused()
         entries = await conn.fetch(
             db.q("reconciliation_entries"), terminal_id, merchant_id, day, max_delay
         )

@@ -61,7 +61,9 @@ async def reconcile(request: web.Request) -> web.Response:
     day = parse_day(payload.date)
     max_delay = dt.timedelta(seconds=request.app[keys.SETTINGS].offline_max_delay)
     async with request.app[keys.POOL].acquire() as conn:
-        result = await offline.reconcile(conn, signed.terminal_id, payload, day, max_delay)
+        result = await offline.reconcile(
+            conn, signed.terminal_id, signed.nonce, payload, day, max_delay
+        )
     request[keys.LOG].update(outcome=result.status, date=payload.date)
     return json_response(result)
 

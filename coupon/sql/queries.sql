@@ -418,8 +418,9 @@ WHERE l.merchant_id = $2 AND l.terminal_id = $1
 ORDER BY l.seq;
 
 -- name: terminal_merchant
--- A terminal's store.
-SELECT merchant_id FROM terminals WHERE id = $1;
+-- A terminal's store, once its request's nonce is recorded (null merchant: the nonce was used).
+SELECT CASE WHEN terminal_nonce_fresh($1, $2) THEN merchant_id END AS merchant_id
+FROM terminals WHERE id = $1;
 
 -- name: save_reconciliation
 -- A terminal's reconciliation of a day; a later one of the same day replaces it.

@@ -118,3 +118,17 @@ async def test_a_bad_reconciliation_is_422(world: Any) -> None:
     ):
         resp = await world.terminal.send("POST", "/v1/terminals/reconciliation", body)
         assert resp.status == 422, body
+
+
+async def test_a_reconciliation_nonce_is_used_once(world: Any) -> None:
+    body = {"date": "2026-01-01", "totals": totals((0, 0), (0, 0), (0, 0))}
+    path = "/v1/terminals/reconciliation"
+    first = await world.terminal.send("POST", path, body, nonce="recon-nonce-1")
+    assert first.status == 200
+    again = await world.terminal.send("POST", path, body, nonce="recon-nonce-1")
+    assert again.status == 401 and again.body["error"]["code"] == "nonce_reused"
+    batch = {"purchases": [purchase(1, next(iter(world.credit)), 1000)]}
+    first = await world.terminal.send("POST", "/v1/offline/batches", batch, nonce="batch-nonce-1")
+    assert first.status == 200
+    again = await world.terminal.send("POST", "/v1/offline/batches", batch, nonce="batch-nonce-1")
+    assert again.status == 401 and again.body["error"]["code"] == "nonce_reused"
