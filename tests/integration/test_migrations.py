@@ -113,8 +113,21 @@ def _schema_dump(dsn: str) -> str:
     )
 
 
+# insert_tranche as 0.1.0's tranches take it: no offline columns (their values are only echoed)
+RELEASED_INSERT_TRANCHE = """
+INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, $7::bigint AS offline_allowance, $8::bigint AS offline_max_amount"""
+# seal_rows as 0.1.0 sealed: its ledger has no captured_at
+RELEASED_SEAL_ROWS = """
+INSERT INTO ledger_seals (seq, block_no, digest)
+SELECT seq, $3, ledger_digest(seq, kind, request_id, terminal_id, merchant_id, national_id,
+                              province, tranche_id, amount, reverses, created_at)
+FROM ledger WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $4"""
+
+
 async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_row(
-    empty_database: Callable[..., Any], tmp_path: Path
+    empty_database: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     legacy = await empty_database(owner=None)
     await _released(legacy)
@@ -128,7 +141,14 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         tranche = TrancheCreate.model_validate(
             tranche_body(bands=[{"up_to_decile": 3, "per_member_credit": 5_000_000}])
         )
-        await tranches.open_tranche(conn, tranche)
+        with monkeypatch.context() as patched:
+            newest = db.q
+            patched.setattr(
+                db,
+                "q",
+                lambda name: RELEASED_INSERT_TRANCHE if name == "insert_tranche" else newest(name),
+            )
+            await tranches.open_tranche(conn, tranche)
         merchant = await merchants.create_merchant(
             conn, MerchantCreate(name="Shop", province="IR-15")
         )
@@ -151,7 +171,7 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         )  # fmt: skip
         assert row["http_status"] == 201, row
         # sealed as 0.1.0 sealed: heads unsigned
-        await conn.execute(db.q("seal_rows"), 0, 10**9, 1, 1000)
+        await conn.execute(RELEASED_SEAL_ROWS, 0, 10**9, 1, 1000)
         await conn.fetchrow(db.q("close_block"), 1, audit.GENESIS, 0)
         before = await _fingerprint(conn)
         assert before["ledger"][0] == 9
