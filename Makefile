@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-pg15 soak lint fmt bench bench-all bench-bulk bench-stream wrk clean
+.PHONY: install run test test-pg15 ha-test soak lint fmt bench bench-ha bench-all bench-bulk bench-stream wrk clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test-pg15: install    ## the database-facing tests again on Debian's PostgreSQL 
 	.ci/with-postgres-15 $(BIN)/python -m pytest -q tests/unit tests/integration \
 		--deselect tests/integration/test_dashboard_browser.py
 
+ha-test: install      ## 3 etcd + 3 Patroni nodes: failovers under load, COUPON_HA_RUNS times, targets held
+	COUPON_HA_RUNS=$${COUPON_HA_RUNS:-5} COUPON_HA_TARGETS=1 $(BIN)/python -m pytest -s \
+		--timeout=3600 tests/ha
+
 soak: install         ## the long reliability runs; figures in test-artifacts/reliability.jsonl
 	rm -f test-artifacts/reliability.jsonl
 	COUPON_SOAK=1 $(BIN)/python -m pytest --timeout=1800 tests/reliability
@@ -46,6 +50,9 @@ fmt: install
 
 bench: install wrk    ## pgbench TPC-B, then signed POS traffic (wrk, open loop) on the same PostgreSQL
 	$(BIN)/python -m loadtest.bench
+
+bench-ha: install wrk ## make bench on a 3-node Patroni cluster with synchronous replication
+	$(BIN)/python -m loadtest.ha
 
 bench-all: bench bench-bulk bench-stream  ## every benchmark; figures go to BENCHMARKS.md by hand
 

@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from coupon import audit, db, live, logs, merchants
+from coupon import audit, db, live, logs, merchants, reads
 from coupon.api import keys, openapi, protocol
 from coupon.api.clients import Clients, StreamSlots
 from coupon.api.guard import guard
@@ -95,6 +95,11 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[keys.POOL] = await db.create_pool(dsn, settings)
+        read_url = settings.database_read_url
+        standby = None if read_url is None else await db.create_read_pool(read_url, settings)
+        app[keys.READS] = reads.Reads(
+            app[keys.POOL], standby, settings.read_max_lag, on_read=app[keys.METRICS].read
+        )
         async with app[keys.POOL].acquire() as conn:
             app[keys.SHARDS] = await db.counter_shards(conn)
             # secrets older versions stored in plain text: encrypted before the first request
@@ -110,6 +115,8 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         yield
         # runs after in-flight requests have finished (aiohttp's shutdown order)
         await app[keys.BATCHER].close()
+        if standby is not None:
+            await db.close_pool(standby, settings.db_timeout)
         await db.close_pool(app[keys.POOL], settings.db_timeout)
 
     async def prune_nonces() -> None:
@@ -162,6 +169,11 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     if settings.log_flush_interval > 0:
         app.cleanup_ctx.append(log_flusher)
     app.cleanup_ctx.extend([pool, key_watch, nonce_pruner, sealer])
+    if settings.database_read_url is not None:
+        # the primary's WAL position, which standbys' freshness is measured against
+        app.cleanup_ctx.append(
+            background(lambda app: every(reads.MARK_INTERVAL, "read_mark", app[keys.READS].mark))
+        )
     if settings.live_counters:
         app.cleanup_ctx.append(live_counters)
     app.on_shutdown.append(close_streams)

@@ -21,7 +21,6 @@ from typing import Any, BinaryIO, NoReturn
 import asyncpg
 import pydantic
 import structlog
-from yarl import URL
 
 from coupon import (
     audit,
@@ -174,12 +173,12 @@ def describe(settings: Settings) -> str:
 
 
 def redacted(dsn: str) -> str:
-    """A database URL without its password."""
-    try:
-        url = URL(dsn)
-        return str(url.with_password(None)) if url.password else dsn
-    except ValueError:
-        return "(unparsable)"
+    """A database URL without its password (of one host or several)."""
+    scheme, sep, rest = dsn.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return dsn if sep else "(unparsable)"
+    return f"{scheme}://{userinfo.partition(':')[0]}@{location}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -231,14 +230,18 @@ async def _database(
 
 
 def _with_database(
-    settings: Settings, work: Callable[[db.Connection], Awaitable[Any]], announce: bool = True
+    settings: Settings,
+    work: Callable[[db.Connection], Awaitable[Any]],
+    announce: bool = True,
+    reads: bool = False,
 ) -> Any:
     """Run work on one connection of the service's login, on a database at the newest schema
-    (embedded PostgreSQL started and stopped around it)."""
+    (embedded PostgreSQL started and stopped around it). reads: work only reads, and may run
+    on a standby -- DATABASE_READ_URL's when it is set (a standby serves it as it stands)."""
 
     async def run() -> Any:
         async with _database(settings, announce=announce) as database:
-            conn = await asyncpg.connect(database.service)
+            conn = await asyncpg.connect((reads and database.read) or database.service)
             try:
                 await migrations.check_current(conn)
                 return await work(conn)
@@ -260,6 +263,8 @@ class _Parser(argparse.ArgumentParser):
 
 _ENV_HELP = {
     "database_url": "the PostgreSQL to use (unset: the embedded one of COUPON_DATA_DIR)",
+    "database_read_url": "a standby for reads that may lag (auditors, settlement, dashboards)",
+    "read_max_lag": "seconds a standby may lag before its reads go to the primary",
     "data_dir": "the embedded PostgreSQL's directory (unset: the nearest .coupon/ up from here)",
     "host": "address serve listens on",
     "port": "port serve listens on",
@@ -294,8 +299,10 @@ _ENV_HELP = {
     "kek_file": "the keys that encrypt terminal secrets (default <data dir>/terminal-secrets.keys)",
 }
 _DB_ENV = ("database_url", "data_dir", "log_level")
+_READ_ENV = (*_DB_ENV, "database_read_url")
 _SERVE_ENV = (
-    *_DB_ENV,
+    *_READ_ENV,
+    "read_max_lag",
     "host",
     "port",
     "pool_max_size",
@@ -584,6 +591,7 @@ def _parser() -> argparse.ArgumentParser:
         "the terminals' answers, the credit and the settlement; exit 0 ok, 1 tampered, 3 head "
         "not found",
         _audit_verify,
+        env=_READ_ENV,
     )
     ver.add_argument(
         "--head",
@@ -607,7 +615,11 @@ def _parser() -> argparse.ArgumentParser:
         "seal key file's and COUPON_SEAL_TRUSTED_KEYS)",
     )
     exp = _command(
-        aud, "export", "every sealed ledger row and signed head, as JSON lines", _audit_export
+        aud,
+        "export",
+        "every sealed ledger row and signed head, as JSON lines",
+        _audit_export,
+        env=_READ_ENV,
     )
     exp.add_argument("file", type=Path, help="where to write it")
 
@@ -615,7 +627,11 @@ def _parser() -> argparse.ArgumentParser:
         sub, "report", "reports: settlement per store, reconciliations, offline declines"
     )
     settle = _command(
-        report, "settlement", "per-store settlement of a day, as CSV on stdout", _report_settlement
+        report,
+        "settlement",
+        "per-store settlement of a day, as CSV on stdout",
+        _report_settlement,
+        env=_READ_ENV,
     )
     day_help = (
         "an Asia/Tehran day: Gregorian YYYY-MM-DD, or Solar Hijri (a year before "
@@ -978,7 +994,7 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
                 await audit.seal(conn, keys)
             return await audit.verify(conn, keys, args.head)
 
-        result = _with_database(settings, run)
+        result = _with_database(settings, run, reads=not args.seal)
     print(result.model_dump_json(indent=2))
     if result.ok:
         return 0
@@ -991,7 +1007,7 @@ def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
         with args.file.open("wb") as out:
             return await audit.export(conn, out.write)
 
-    rows = _with_database(settings, run)
+    rows = _with_database(settings, run, reads=True)
     print(f"exported {rows} sealed entries to {args.file}")
     return 0
 
@@ -1003,7 +1019,7 @@ def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
     async def run(conn: db.Connection) -> list[dict[str, Any]]:
         return await audit.settlement(conn, day.date)
 
-    rows = _with_database(settings, run)
+    rows = _with_database(settings, run, reads=True)
     columns = (
         "merchant_id",
         "name",

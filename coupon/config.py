@@ -15,6 +15,12 @@ class Settings(BaseSettings):
 
     # DATABASE_URL has no prefix: the SPEC fixes its name.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    # a standby (or several: a multi-host DSN) for reads that may lag: auditors' ledger pages
+    # and exports, verification, settlement and dashboard snapshots (coupon/reads.py)
+    database_read_url: str | None = Field(default=None, validation_alias="DATABASE_READ_URL")
+    # seconds a read served by a standby may be behind the primary at most; a standby further
+    # behind (or unreachable) leaves the read to the primary
+    read_max_lag: float = 2.0
     data_dir: Path = Path(".coupon")
     host: str = "127.0.0.1"
     port: int = 8080

@@ -90,6 +90,11 @@ def q(name: str) -> str:
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await _json_codecs(conn)
+    await warm_up(conn)
+
+
+async def _json_codecs(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename,
@@ -98,7 +103,6 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
             decoder=orjson.loads,
             format="text",
         )
-    await warm_up(conn)
 
 
 async def warm_up(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -159,6 +163,16 @@ async def create_pool(dsn: str, settings: Settings, **overrides: Any) -> Pool:
     return Pool(await asyncpg.create_pool(dsn, **options), settings.db_timeout)
 
 
+# connections of a process to the standbys (DATABASE_READ_URL): its reads are few
+READ_POOL_SIZE = 4
+
+
+async def create_read_pool(dsn: str, settings: Settings) -> Pool:
+    """A pool on the standbys: opened on demand (a standby that is down must not stop the
+    service from starting), nothing to warm up (the terminal path never runs there)."""
+    return await create_pool(dsn, settings, min_size=0, max_size=READ_POOL_SIZE, init=_json_codecs)
+
+
 async def close_pool(pool: Pool, grace: float) -> None:
     """Close gracefully (connections in use are waited for), or abort after grace seconds: a
     database that does not answer must not keep a stopping process alive."""
@@ -178,17 +192,30 @@ async def counter_shards(conn: Connection) -> int:
 @dataclasses.dataclass(frozen=True)
 class Database:
     """Where a command connects: `schema` runs migrations (the owner, or a superuser who acts as
-    the owner), `service` is everything else (the writer). With DATABASE_URL both are it."""
+    the owner), `service` is everything else (the writer). With DATABASE_URL both are it.
+    `read`: DATABASE_READ_URL, the standbys for reads that may lag (None: the primary's)."""
 
     schema: str
     service: str
+    read: str | None = None
+
+
+def primary(dsn: str) -> str:
+    """A DSN that reaches the primary: of several hosts (a cluster), the one that accepts
+    writes -- unless the DSN says otherwise. asyncpg tries the hosts in order and, across a
+    failover, reconnects to whichever has become the primary."""
+    head, _, query = dsn.partition("?")
+    hosts = head.split("://", 1)[-1].rpartition("@")[2].partition("/")[0]
+    if "," not in hosts or "target_session_attrs" in query:
+        return dsn
+    return f"{head}?{query + '&' if query else ''}target_session_attrs=read-write"
 
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[Database]:
     """DATABASE_URL, or an embedded PostgreSQL started (and stopped) here."""
     if settings.database_url:
-        yield Database(settings.database_url, settings.database_url)
+        yield _configured(settings)
         return
     server = EmbeddedPostgres(settings.data_dir, durable=settings.embedded_durable)
     admin_dsn = await asyncio.to_thread(server.start)
@@ -202,7 +229,7 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
 def database_blocking(settings: Settings) -> Iterator[Database]:
     """database() for a caller with no event loop running (a parent that forks workers)."""
     if settings.database_url:
-        yield Database(settings.database_url, settings.database_url)
+        yield _configured(settings)
         return
     server = EmbeddedPostgres(settings.data_dir, durable=settings.embedded_durable)
     admin_dsn = server.start()
@@ -210,6 +237,12 @@ def database_blocking(settings: Settings) -> Iterator[Database]:
         yield asyncio.run(_embedded_database(admin_dsn, settings.data_dir))
     finally:
         server.stop()
+
+
+def _configured(settings: Settings) -> Database:
+    assert settings.database_url is not None
+    url = primary(settings.database_url)
+    return Database(url, url, settings.database_read_url)
 
 
 async def _embedded_database(admin_dsn: str, data_dir: Path) -> Database:

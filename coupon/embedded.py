@@ -39,7 +39,7 @@ _PORT_ATTEMPTS = 5
 _BUSY_RETRY_SECONDS = 20.0
 _READY_TIMEOUT = 60.0
 
-_DEFAULT_SETTINGS: dict[str, str] = {
+SERVER_SETTINGS: dict[str, str] = {
     "max_connections": "200",
     "shared_buffers": "256MB",
     "work_mem": "16MB",
@@ -606,7 +606,7 @@ class EmbeddedPostgres:
             "listen_addresses": "127.0.0.1",
             "port": str(port),
             "unix_socket_directories": "",
-            **_DEFAULT_SETTINGS,
+            **SERVER_SETTINGS,
         }
         if not self._durable:
             settings.update(_NON_DURABLE_SETTINGS)

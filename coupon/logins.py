@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-
-from yarl import URL
+from urllib.parse import quote
 
 OWNER = "coupon_owner"
 WRITER = "coupon_writer"
@@ -57,10 +56,15 @@ def database_statements(database: str) -> list[str]:
 def dsn_for(
     dsn: str, *, database: str | None = None, role: str | None = None, password: str = ""
 ) -> str:
-    """The same server, in another database and/or logged in as another role."""
-    url = URL(dsn)
+    """The same server (or servers: a multi-host DSN), in another database and/or logged in as
+    another role."""
+    scheme, _, rest = dsn.partition("://")
+    location, mark, query = rest.partition("?")
+    userinfo, at, hostpath = location.rpartition("@")
+    hosts, slash, path = hostpath.partition("/")
     if role is not None:
-        url = url.with_user(role).with_password(password or None)
+        userinfo = quote(role, safe="") + (":" + quote(password, safe="") if password else "")
+        at = "@"
     if database is not None:
-        url = url.with_path("/" + database)
-    return str(url)
+        slash, path = "/", quote(database, safe="")
+    return f"{scheme}://{userinfo}{at}{hosts}{slash}{path}{mark}{query}"

@@ -253,7 +253,14 @@ class Terminal(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
+    # the database answered, and accepts writes (a standby does not: 503)
     database: bool
+    # what the database the service writes to is now; absent when it did not answer
+    role: Literal["primary", "standby"] | None = None
+    # with DATABASE_READ_URL: where reads that may lag go now (a standby while it is within
+    # COUPON_READ_MAX_LAG of the primary), and how far behind it is, in seconds
+    reads: Literal["primary", "standby"] | None = None
+    read_lag: float | None = None
 
 
 # -- terminal API ------------------------------------------------------------------------------

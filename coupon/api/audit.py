@@ -23,7 +23,7 @@ from coupon.models import (
 
 async def get_ledger(request: web.Request) -> web.Response:
     query = query_of(request, LedgerQuery)
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         entries, cursor = await audit.ledger_page(conn, query, query.after, query.limit)
     page = LedgerPage.model_validate(
         {"entries": entries, "next": None if cursor is None else str(cursor)}
@@ -41,7 +41,7 @@ async def get_ledger_csv(request: web.Request) -> web.StreamResponse:
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         await audit.export_csv(conn, query, response.write)
     await response.write_eof()
     return response
@@ -50,7 +50,7 @@ async def get_ledger_csv(request: web.Request) -> web.StreamResponse:
 async def verify_ledger(request: web.Request) -> web.Response:
     expected = query_of(request, VerifyQuery).head
     head = bytes.fromhex(expected) if expected is not None else None
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         result = await audit.verify(conn, request.app[keys.SEAL_KEYS], head)
     return json_response(result)
 
@@ -69,7 +69,7 @@ def parse_day(raw: str) -> dt.date:
 
 async def get_settlement(request: web.Request) -> web.Response:
     day = parse_day(query_of(request, SettlementQuery).date)
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         merchants = await audit.settlement(conn, day)
     return json_response(Settlement.model_validate({"date": day, "merchants": merchants}))
 

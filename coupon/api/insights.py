@@ -95,7 +95,7 @@ async def _series(
 
 
 async def get_tranches(request: web.Request) -> web.Response:
-    async with request.app[keys.POOL].acquire() as conn, conn.transaction(readonly=True):
+    async with request.app[keys.READS].acquire() as conn, conn.transaction(readonly=True):
         await audit.read_only(conn)
         labels = await _labels(conn)
     return json_response(TrancheLabels(tranches=labels))
@@ -104,7 +104,7 @@ async def get_tranches(request: web.Request) -> web.Response:
 async def get_history(request: web.Request) -> web.Response:
     query = query_of(request, HistoryQuery)
     now = dt.datetime.now(dt.UTC)
-    async with request.app[keys.POOL].acquire() as conn, conn.transaction(readonly=True):
+    async with request.app[keys.READS].acquire() as conn, conn.transaction(readonly=True):
         await audit.read_only(conn)
         labels = await _labels(conn)  # newest window first
         if query.tranche_id is not None:
@@ -137,7 +137,7 @@ async def get_history(request: web.Request) -> web.Response:
 async def get_activity(request: web.Request) -> web.Response:
     tranche_id = query_of(request, StatsQuery).tranche_id
     since = _midnight(dt.datetime.now(dt.UTC))
-    async with request.app[keys.POOL].acquire() as conn, conn.transaction(readonly=True):
+    async with request.app[keys.READS].acquire() as conn, conn.transaction(readonly=True):
         await audit.read_only(conn)
         if tranche_id is not None and not await conn.fetchval(db.q("tranche_exists"), tranche_id):
             raise errors.TrancheNotFound()

@@ -12,6 +12,7 @@ from coupon.api.metrics import Metrics
 from coupon.auth import TerminalSecrets
 from coupon.config import Settings
 from coupon.keyring import Keyring
+from coupon.reads import Reads
 from coupon.redemption import RedemptionBatcher
 from coupon.signing import SealKeys
 
@@ -19,6 +20,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", db.Pool)
+# reads that may lag: a fresh standby's, else the primary's
+READS = web.AppKey("reads", Reads)
 METRICS = web.AppKey("metrics", Metrics)
 SECRETS = web.AppKey("terminal_secrets", TerminalSecrets)
 # the keys that encrypt terminal secrets in the database (a file outside it)

@@ -51,6 +51,12 @@ class Metrics:
             "Stats snapshots computed for the stream (once per change and watched tranche)",
             registry=self.registry,
         )
+        self.reads = Counter(
+            "coupon_reads",
+            "Reads that may lag (DATABASE_READ_URL), by the server that answered them",
+            ["server"],
+            registry=self.registry,
+        )
 
     def child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """metric.labels(*labels), looked up once per label set."""
@@ -64,6 +70,10 @@ class Metrics:
         """Count one answered request and its latency."""
         self.child(self.requests, method, route, str(status)).inc()
         self.child(self.latency, route).observe(seconds)
+
+    def read(self, server: str) -> None:
+        """Count one read that may lag, by where it went (primary or standby)."""
+        self.child(self.reads, server).inc()
 
     def outcome(self, kind: str, outcome: str) -> None:
         """Count one terminal request's outcome."""

@@ -24,7 +24,7 @@ SEND_TIMEOUT_S = 30.0
 
 async def get_stats(request: web.Request) -> web.Response:
     tranche_id = query_of(request, StatsQuery).tranche_id
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         result = await counters.stats(conn, tranche_id)
     return json_response(result)
 

@@ -8,15 +8,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coupon import db, errors
 from coupon.api import keys
 from coupon.api.common import json_response
+from coupon.models import Health
 
 
 async def healthz(request: web.Request) -> web.Response:
     try:
         async with request.app[keys.POOL].acquire(within=2) as conn:
-            await conn.fetchval("SELECT 1", timeout=2)
+            role = await conn.fetchval(db.q("server_role"), timeout=2)
     except db.UNAVAILABLE:
-        return json_response({"status": "unavailable", "database": False}, status=503)
-    return json_response({"status": "ok", "database": True})
+        return _health(Health(status="unavailable", database=False))
+    writable = role == "primary"
+    health = Health(status="ok" if writable else "unavailable", database=writable, role=role)
+    reads = request.app[keys.READS]
+    if writable and reads.has_standby:
+        async with reads.acquire():
+            served = reads.last
+        if served is not None:
+            health.reads, health.read_lag = served.server, served.lag
+    return _health(health)
+
+
+def _health(health: Health) -> web.Response:
+    return json_response(
+        health.model_dump(mode="json", exclude_none=True),
+        status=200 if health.status == "ok" else 503,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -583,8 +583,14 @@ ORDER BY m.id;
 
 -- name: ledger_horizon
 -- Wait for every writer holding the ledger's shared lock to commit, then read max(seq): every
--- seq up to it is now committed or never will be.
-SELECT pg_advisory_xact_lock(7365626, 2), coalesce(max(seq), 0) AS horizon FROM ledger;
+-- seq up to it is now committed or never will be. A standby's writers are the primary's, out of
+-- reach of its locks: there the horizon is the last sealed row (the sealer sealed only below the
+-- primary's horizon, and a snapshot that sees a block sees every row it covers).
+SELECT pg_advisory_xact_lock(7365626, 2),
+       CASE WHEN pg_is_in_recovery()
+            THEN (SELECT coalesce(max(last_seq), 0) FROM ledger_blocks)
+            ELSE (SELECT coalesce(max(seq), 0) FROM ledger)
+       END AS horizon;
 
 -- name: lock_sealer
 -- One sealer at a time, whichever process runs it.
@@ -891,3 +897,16 @@ FROM terminals t
 JOIN merchants m ON m.id = t.merchant_id
 WHERE $1::bigint IS NULL OR t.merchant_id = $1
 ORDER BY t.id;
+
+-- name: wal_position
+-- The primary's WAL position now, as a number: reads.py compares standbys against it.
+SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint;
+
+-- name: replay_position
+-- Whether this server is a standby, and how far it has replayed the primary's WAL.
+SELECT pg_is_in_recovery() AS standby,
+       coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replayed;
+
+-- name: server_role
+-- What /healthz says the database is.
+SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' END;
