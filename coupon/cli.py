@@ -643,6 +643,7 @@ def _parser() -> argparse.ArgumentParser:
         "reconciliation",
         "the terminals' end-of-day reconciliations of a day, as CSV on stdout",
         _report_reconciliation,
+        env=_READ_ENV,
     )
     recon.add_argument("--date", required=True, type=_day, help=day_help)
     recon.add_argument(
@@ -656,6 +657,7 @@ def _parser() -> argparse.ArgumentParser:
         "offline-declines",
         "offline purchases declined when posted on a day (the stores' losses), as CSV",
         _report_offline_declines,
+        env=_READ_ENV,
     )
     declined.add_argument("--date", required=True, type=_day, help=day_help)
     declined.add_argument("--merchant", type=_positive, default=None, help="only this store's")
@@ -1054,7 +1056,7 @@ def _report_reconciliation(settings: Settings, args: argparse.Namespace) -> int:
         return await offline.list_reconciliations(conn, day.date, args.status)
 
     rows = []
-    for r in _with_database(settings, run):
+    for r in _with_database(settings, run, reads=True):
         flat = {k: r[k] for k in ("terminal_id", "merchant_id", "status", "reconciled_at")}
         for side in ("terminal", "processor"):
             for total, figures in r[side].items():
@@ -1092,7 +1094,7 @@ def _report_offline_declines(settings: Settings, args: argparse.Namespace) -> in
     async def run(conn: db.Connection) -> list[dict[str, Any]]:
         return await offline.declines(conn, day.date, args.merchant)
 
-    rows = _with_database(settings, run)
+    rows = _with_database(settings, run, reads=True)
     columns = (
         "terminal_id",
         "merchant_id",

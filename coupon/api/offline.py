@@ -69,7 +69,7 @@ async def reconcile(request: web.Request) -> web.Response:
 
 
 async def get_gaps(request: web.Request) -> web.Response:
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         rows = await offline.terminals_with_gaps(conn)
     return json_response(OfflineGaps.model_validate({"terminals": rows}))
 
@@ -77,7 +77,7 @@ async def get_gaps(request: web.Request) -> web.Response:
 async def list_reconciliations(request: web.Request) -> web.Response:
     query = query_of(request, ReconciliationQuery)
     day = parse_day(query.date)
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         rows = await offline.list_reconciliations(conn, day, query.status)
     return json_response(ReconciliationList.model_validate({"date": day, "terminals": rows}))
 
@@ -85,6 +85,6 @@ async def list_reconciliations(request: web.Request) -> web.Response:
 async def get_offline_declines(request: web.Request) -> web.Response:
     query = query_of(request, OfflineDeclinesQuery)
     day = parse_day(query.date)
-    async with request.app[keys.POOL].acquire() as conn:
+    async with request.app[keys.READS].acquire() as conn:
         rows = await offline.declines(conn, day, query.merchant_id)
     return json_response(OfflineDeclines.model_validate({"date": day, "declines": rows}))
