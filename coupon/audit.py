@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "tranche_id",
     "amount",
     "created_at",
+    "captured_at",
 )
 
 
@@ -72,7 +73,9 @@ async def ledger_page(
         query = (
             "ledger_page" if where.from_ is None and where.to is None else "ledger_page_in_window"
         )
-        rows = await conn.fetch(db.q(query), *_filter_args(where), after, limit + 1, horizon, scope)
+        rows = await conn.fetch(
+            db.q(query), *_filter_args(where), after, limit + 1, horizon, where.channel, scope
+        )
     entries = [dict(r) for r in rows[:limit]]
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 
@@ -104,6 +107,7 @@ async def export_csv(
             0,
             None,
             horizon,
+            where.channel,
             scope,
             output=write,
             format="csv",
@@ -272,7 +276,7 @@ _EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 def row_digest(row: Mapping[str, Any]) -> bytes:
     """ledger_digest() of schema.sql, in Python: the same bytes from the same row."""
-    since_2000 = (row["created_at"] - _EPOCH_2000) // dt.timedelta(microseconds=1)
+    since_2000 = _micros(row["created_at"])
     fixed = struct.pack(
         ">qqqqqqq",
         row["seq"],
@@ -284,7 +288,14 @@ def row_digest(row: Mapping[str, Any]) -> bytes:
         since_2000,
     )
     text = "|".join((row["kind"], row["request_id"], row["national_id"], row["province"]))
-    return hashlib.sha256(fixed + text.encode()).digest()
+    captured = row.get("captured_at")
+    tail = b"" if captured is None else b"\x00" + struct.pack(">q", _micros(captured))
+    return hashlib.sha256(fixed + text.encode() + tail).digest()
+
+
+def _micros(at: dt.datetime) -> int:
+    """A timestamp as PostgreSQL sends it: microseconds since 2000-01-01 UTC."""
+    return (at - _EPOCH_2000) // dt.timedelta(microseconds=1)
 
 
 async def export(conn: db.Connection, write: Callable[[bytes], None]) -> int:
@@ -343,6 +354,8 @@ def verify_export(lines: Iterable[bytes], keys: SealKeys) -> Verification:
         count, first_seq = 0, None
         while pending is not None and pending["seq"] <= b["last_seq"]:
             pending["created_at"] = dt.datetime.fromisoformat(pending["created_at"])
+            if pending.get("captured_at") is not None:
+                pending["captured_at"] = dt.datetime.fromisoformat(pending["captured_at"])
             if pending["seq"] <= prev_end:
                 return result(pending["seq"], f"row {pending['seq']} is out of seq order")
             digests.update(row_digest(pending))

@@ -560,7 +560,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("merchant_id", type=_positive, help="the store's id")
         p.set_defaults(status="suspended" if verb == "suspend" else "active")
 
-    terminals_group = _group(sub, "terminals", "POS terminals: add, list, suspend, activate")
+    terminals_group = _group(
+        sub, "terminals", "POS terminals: add, list, suspend, activate, offline store-and-forward"
+    )
     tadd = _command(
         terminals_group,
         "add",
@@ -576,6 +578,23 @@ def _parser() -> argparse.ArgumentParser:
         p = _command(terminals_group, verb, f"{verb} a POS terminal", _terminals_status)
         p.add_argument("terminal_id", type=_positive, help="the terminal's id")
         p.set_defaults(status="suspended" if verb == "suspend" else "active")
+    for verb, enabled in (("offline-enable", True), ("offline-disable", False)):
+        p = _command(
+            terminals_group,
+            verb,
+            "let a POS terminal approve purchases offline and forward them later"
+            if enabled
+            else "stop a POS terminal approving purchases offline (what it forwards is declined)",
+            _terminals_offline,
+        )
+        p.add_argument("terminal_id", type=_positive, help="the terminal's id")
+        p.set_defaults(offline_enabled=enabled)
+    _command(
+        terminals_group,
+        "gaps",
+        "terminals whose forwarded offline purchases have offline_seq numbers missing",
+        _terminals_gaps,
+    )
 
     aud = _group(sub, "audit", "the ledger's audit")
     ver = _command(
@@ -617,7 +636,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("file", type=Path, help="where to write it")
 
-    report = _group(sub, "report", "reports: settlement per store")
+    report = _group(
+        sub, "report", "reports: settlement per store, reconciliations, offline declines"
+    )
     settle = _command(
         report,
         "settlement",
@@ -625,13 +646,34 @@ def _parser() -> argparse.ArgumentParser:
         _report_settlement,
         env=_READ_ENV,
     )
-    settle.add_argument(
-        "--date",
-        required=True,
-        type=_day,
-        help="an Asia/Tehran day: Gregorian YYYY-MM-DD, or Solar Hijri (a year before "
-        f"{dates.SOLAR_HIJRI_BEFORE}: 1405-09-09, ۱۴۰۵/۰۹/۰۹)",
+    day_help = (
+        "an Asia/Tehran day: Gregorian YYYY-MM-DD, or Solar Hijri (a year before "
+        f"{dates.SOLAR_HIJRI_BEFORE}: 1405-09-09, ۱۴۰۵/۰۹/۰۹)"
     )
+    settle.add_argument("--date", required=True, type=_day, help=day_help)
+    recon = _command(
+        report,
+        "reconciliation",
+        "the terminals' end-of-day reconciliations of a day, as CSV on stdout",
+        _report_reconciliation,
+        env=_READ_ENV,
+    )
+    recon.add_argument("--date", required=True, type=_day, help=day_help)
+    recon.add_argument(
+        "--status",
+        choices=["balanced", "out_of_balance"],
+        default=None,
+        help="only these (default: all)",
+    )
+    declined = _command(
+        report,
+        "offline-declines",
+        "offline purchases declined when posted on a day (the stores' losses), as CSV",
+        _report_offline_declines,
+        env=_READ_ENV,
+    )
+    declined.add_argument("--date", required=True, type=_day, help=day_help)
+    declined.add_argument("--merchant", type=_positive, default=None, help="only this store's")
 
     insp = _command(
         sub,
@@ -930,7 +972,9 @@ def _terminals_list(settings: Settings, args: argparse.Namespace) -> int:
         return await merchants.list_terminals(conn, args.merchant)
 
     rows = _with_database(settings, fetch)
-    _print_table(rows, ("id", "merchant_id", "province", "status", "merchant_name"))
+    _print_table(
+        rows, ("id", "merchant_id", "province", "status", "offline_enabled", "merchant_name")
+    )
     print(f"{len(rows)} terminals", file=sys.stderr)
     return 0
 
@@ -948,6 +992,34 @@ def _terminals_status(settings: Settings, args: argparse.Namespace) -> int:
             f"no terminal {args.terminal_id}: `coupon terminals list` shows them", 1
         ) from None
     print(f"terminal {terminal.id} (merchant {terminal.merchant_id}) is {terminal.status}")
+    return 0
+
+
+def _terminals_offline(settings: Settings, args: argparse.Namespace) -> int:
+    from coupon import merchants
+
+    async def change(conn: db.Connection) -> Any:
+        return await merchants.set_terminal_status(
+            conn, args.terminal_id, None, args.offline_enabled
+        )
+
+    try:
+        terminal = _with_database(settings, change)
+    except errors.TerminalNotFound:
+        raise CliError(
+            f"no terminal {args.terminal_id}: `coupon terminals list` shows them", 1
+        ) from None
+    may = "may" if terminal.offline_enabled else "may not"
+    print(f"terminal {terminal.id} (merchant {terminal.merchant_id}) {may} work offline")
+    return 0
+
+
+def _terminals_gaps(settings: Settings, args: argparse.Namespace) -> int:
+    from coupon import offline
+
+    rows = _with_database(settings, offline.terminals_with_gaps)
+    _print_table(rows, ("terminal_id", "merchant_id", "last_offline_seq", "missing"))
+    print(f"{len(rows)} terminals with gaps", file=sys.stderr)
     return 0
 
 
@@ -1000,10 +1072,82 @@ def _report_settlement(settings: Settings, args: argparse.Namespace) -> int:
         "redeemed_amount",
         "reversed_amount",
         "net_amount",
+        "offline_redemptions",
+        "offline_amount",
+        "declined_offline",
+        "declined_offline_amount",
     )
+    _write_csv(rows, columns)
+    return 0
+
+
+def _write_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: csvsafe.cell(v) for k, v in row.items()} for row in rows)
+
+
+def _report_reconciliation(settings: Settings, args: argparse.Namespace) -> int:
+    from coupon import offline
+
+    day: dates.Day = args.date
+    print(f"coupon: date: {day.interpretation()} (an Asia/Tehran day)", file=sys.stderr)
+
+    async def run(conn: db.Connection) -> list[dict[str, Any]]:
+        return await offline.list_reconciliations(conn, day.date, args.status)
+
+    rows = []
+    for r in _with_database(settings, run, reads=True):
+        flat = {k: r[k] for k in ("terminal_id", "merchant_id", "status", "reconciled_at")}
+        for side in ("terminal", "processor"):
+            for total, figures in r[side].items():
+                flat[f"{side}_{total}_count"] = figures["count"]
+                flat[f"{side}_{total}_amount"] = figures["amount"]
+        flat["processor_only_ids"] = r["processor_only"]
+        flat["terminal_only_ids"] = r["terminal_only"]
+        rows.append(flat)
+    totals = [
+        f"{side}_{total}_{what}"
+        for side in ("terminal", "processor")
+        for total in offline.TOTALS
+        for what in ("count", "amount")
+    ]
+    columns = (
+        "terminal_id",
+        "merchant_id",
+        "status",
+        *totals,
+        "processor_only_ids",
+        "terminal_only_ids",
+        "reconciled_at",
+    )
+    _write_csv(rows, columns)
+    print(f"{len(rows)} reconciliations", file=sys.stderr)
+    return 0
+
+
+def _report_offline_declines(settings: Settings, args: argparse.Namespace) -> int:
+    from coupon import offline
+
+    day: dates.Day = args.date
+    print(f"coupon: date: {day.interpretation()} (an Asia/Tehran day)", file=sys.stderr)
+
+    async def run(conn: db.Connection) -> list[dict[str, Any]]:
+        return await offline.declines(conn, day.date, args.merchant)
+
+    rows = _with_database(settings, run, reads=True)
+    columns = (
+        "terminal_id",
+        "merchant_id",
+        "offline_seq",
+        "request_id",
+        "national_id",
+        "amount",
+        "captured_at",
+        "posted_at",
+        "reason",
+    )
+    _write_csv(rows, columns)
     return 0
 
 
@@ -1277,7 +1421,12 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             traffic = simulator.Traffic(
                 f"http://{local}:{port}",
                 [
-                    simulator.Pos(t["terminal_id"], t["secret"], t["province"])
+                    simulator.Pos(
+                        t["terminal_id"],
+                        t["secret"],
+                        t["province"],
+                        t.get("offline_enabled", False),
+                    )
                     for t in seeded.terminals
                 ],
                 shoppers,
@@ -1286,6 +1435,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
                     simulator.Pos(t["terminal_id"], t["secret"], t["province"])
                     for t in demo.fraudulent(seeded.terminals)
                 ],
+                offline_seqs=seeded.offline_seqs,
             )
             await serve_until_stopped(
                 settings,

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = 30.0
     # seconds a terminal's clock may be off (SPEC: 300)
     clock_skew: int = 300
+    # seconds after its capture that a purchase approved offline may still be forwarded and
+    # posted (later: declined `late`, the store's loss)
+    offline_max_delay: int = Field(default=72 * 3600, gt=0)
     # counter shards per province; more shards, less lock contention between writers
     counter_shards: int = 16
     # seconds between sealing runs (SPEC: rows sealed within 2 s of commit)

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -31,6 +31,7 @@ FRAUDULENT_STORES = 3
 DEMO_CATEGORIES = {"grocery": 55, "supermarket": 25, "chain_store": 5, "butcher": 7,
                    "dairy_shop": 5, "bakery": 3}  # fmt: skip
 TERMINALS_FILE = "demo-terminals.json"
+OFFLINE_EVERY = 4
 TOKENS_FILE = "demo-tokens.json"
 # Iran's average household had 3.3 members at the 2016 census; this spread averages 3.4
 MEMBERS = (1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 6)
@@ -45,6 +46,8 @@ class Seeded:
     tranche_id: int | None
     terminals_file: Path
     tokens_file: Path
+    # each terminal's highest offline_seq forwarded so far
+    offline_seqs: dict[int, int] = field(default_factory=dict)
 
 
 @cache
@@ -158,9 +161,19 @@ async def seed(
                     Band(up_to_decile=3, per_member_credit=5_000_000),
                     Band(up_to_decile=7, per_member_credit=3_500_000),
                 ],
+                # offline store-and-forward: some stores lose their line now and then
+                offline_allowance=3_000_000,
+                offline_max_amount=1_500_000,
             ),
         )
         tranche_id = created.id
+    # one terminal in OFFLINE_EVERY may work offline (the simulator cuts their lines)
+    for t in terminals[::OFFLINE_EVERY]:
+        await merchants.set_terminal_status(conn, t["terminal_id"], None, True)
+        t["offline_enabled"] = True
+    offline_seqs: dict[int, int] = {
+        r["terminal_id"]: r["last_seq"] for r in await conn.fetch(db.q("last_offline_seqs"))
+    }
     operator_token, auditor_token = await _demo_tokens(conn, data_dir)
     return Seeded(
         operator_token=operator_token,
@@ -168,6 +181,7 @@ async def seed(
         terminals=terminals,
         households=[r[0] for r in rows],
         tranche_id=tranche_id,
+        offline_seqs=offline_seqs,
         terminals_file=(data_dir / TERMINALS_FILE).absolute(),
         tokens_file=(data_dir / TOKENS_FILE).absolute(),
     )

@@ -115,9 +115,17 @@ async def rewrap_secrets(conn: db.Connection, keyring: Keyring) -> int:
 
 
 async def set_terminal_status(
-    conn: db.Connection, terminal_id: int, status: str, scope: str | None = None
+    conn: db.Connection,
+    terminal_id: int,
+    status: str | None,
+    offline_enabled: bool | None = None,
+    scope: str | None = None,
 ) -> Terminal:
-    row = await conn.fetchrow(db.q("set_terminal_status"), terminal_id, status, scope)
+    """Change a terminal's status, whether it may work offline, or both (None: unchanged), if
+    its store is of the token's province (scope; None: national)."""
+    row = await conn.fetchrow(
+        db.q("set_terminal_status"), terminal_id, status, offline_enabled, scope
+    )
     return Terminal.model_validate(dict(_in_scope(row, errors.TerminalNotFound())))
 
 

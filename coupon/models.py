@@ -40,6 +40,7 @@ MAX_AMOUNT = 10**12
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(gt=0, le=MAX_ID)]
 Rials = Annotated[int, Field(gt=0, le=MAX_AMOUNT, strict=True)]
+RialsOrZero = Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True)]
 ProvinceCode = Annotated[str, StringConstraints(pattern=r"^IR-[0-9]{2}$")]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -146,6 +147,10 @@ class TrancheCreate(Model):
     ends_at: Timestamp
     categories: Annotated[list[Category], Field(min_length=1)]
     carry_over: bool = False
+    # rials a household may spend offline over the whole tranche (0: offline purchases are
+    # declined), and the most one offline purchase may be (null: only the allowance limits it)
+    offline_allowance: RialsOrZero = 0
+    offline_max_amount: Rials | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrancheCreate:
@@ -186,6 +191,8 @@ class Tranche(BaseModel):
     households_credited: int
     total_credit: int
     created_at: dt.datetime
+    offline_allowance: int
+    offline_max_amount: int | None
 
 
 class TrancheList(BaseModel):
@@ -233,10 +240,24 @@ class SecretRotated(BaseModel):
     previous_valid_until: dt.datetime
 
 
+class TerminalChange(Model):
+    """PATCH /v1/admin/terminals/{id}: its status, whether it may work offline, or both."""
+
+    status: Status | None = None
+    offline_enabled: Annotated[bool, Field(strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> TerminalChange:
+        if self.status is None and self.offline_enabled is None:
+            raise ValueError("send status, offline_enabled or both")
+        return self
+
+
 class Terminal(BaseModel):
     id: int
     merchant_id: int
     status: Status
+    offline_enabled: bool
 
 
 class Health(BaseModel):
@@ -271,6 +292,200 @@ class RedemptionRequest(Model):
         if self.items is not None and sum(i.amount for i in self.items) != self.amount:
             raise ValueError("the items' amounts must add up to amount")
         return self
+
+
+MAX_OFFLINE_BATCH = 500
+
+
+class OfflinePurchase(Model):
+    """One purchase a terminal approved while offline, as it forwards it."""
+
+    offline_seq: Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
+    request_id: RequestId
+    captured_at: Timestamp
+    national_id: NationalId
+    amount: Rials
+    items: Annotated[list[Item], Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _items_add_up(self) -> OfflinePurchase:
+        if self.items is not None and sum(i.amount for i in self.items) != self.amount:
+            raise ValueError("the items' amounts must add up to amount")
+        return self
+
+
+class OfflineBatch(Model):
+    """POST /v1/offline/batches: purchases captured offline, each once per offline_seq."""
+
+    purchases: Annotated[list[OfflinePurchase], Field(min_length=1, max_length=MAX_OFFLINE_BATCH)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> OfflineBatch:
+        if len({p.offline_seq for p in self.purchases}) != len(self.purchases):
+            raise ValueError("offline_seq must not repeat within a batch")
+        if len({p.request_id for p in self.purchases}) != len(self.purchases):
+            raise ValueError("request_id must not repeat within a batch")
+        return self
+
+
+OfflineDeclineReason = Literal[
+    "household_not_found",
+    "household_suspended",
+    "not_eligible",
+    "not_open_yet",
+    "insufficient_balance",
+    "category_not_allowed",
+    "merchant_suspended",
+    "terminal_suspended",
+    "reversed",
+    "offline_not_enabled",
+    "captured_in_future",
+    "late",
+    "outside_window",
+    "offline_max_amount_exceeded",
+    "offline_allowance_exceeded",
+]
+
+
+class OfflineResult(BaseModel):
+    """One forwarded purchase's outcome. approved: in the ledger (redemption_id) with the
+    approved amount; declined: the store's loss, amount is what it had handed over; rejected:
+    not applied and not stored (idempotency_conflict: this offline_seq or request_id already
+    names another purchase)."""
+
+    offline_seq: int
+    request_id: str
+    status: Literal["approved", "declined", "rejected"]
+    reason: OfflineDeclineReason | Literal["idempotency_conflict"] | None
+    amount: int
+    redemption_id: int | None
+    remaining: int | None
+    tranche_id: int | None
+    captured_at: dt.datetime
+    posted_at: dt.datetime | None
+    replayed: bool
+
+
+class SeqRange(BaseModel):
+    first: int
+    last: int
+
+
+class OfflineBatchAnswer(BaseModel):
+    terminal_id: int
+    approved: int
+    declined: int
+    rejected: int
+    results: list[OfflineResult]
+    last_offline_seq: int | None
+    # offline_seq numbers below the highest forwarded that the processor has never received
+    # (the first 100 ranges)
+    gaps: list[SeqRange]
+
+
+class OfflineGap(BaseModel):
+    terminal_id: int
+    merchant_id: int
+    last_offline_seq: int
+    missing: int
+
+
+class OfflineGaps(BaseModel):
+    terminals: list[OfflineGap]
+
+
+class Total(Model):
+    count: Annotated[int, Field(ge=0, le=10**9, strict=True)]
+    amount: Annotated[int, Field(ge=0, le=10**15, strict=True)]
+
+
+class DayTotals(Model):
+    """A business day's approved figures, as one side counted them."""
+
+    online_redemptions: Total
+    offline_redemptions: Total
+    reversals: Total
+
+
+MAX_RECONCILED_IDS = 20_000
+DateText = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+
+
+class ReconciliationRequest(Model):
+    """POST /v1/terminals/reconciliation: a terminal's totals of one Asia/Tehran day, and
+    optionally the request ids it counted (then the answer names each one either side lacks)."""
+
+    date: DateText = Field(json_schema_extra={"format": "date"})
+    totals: DayTotals
+    request_ids: Annotated[list[RequestId], Field(max_length=MAX_RECONCILED_IDS)] | None = None
+
+
+class Difference(BaseModel):
+    count: int  # the processor's minus the terminal's
+    amount: int
+
+
+class Reconciliation(BaseModel):
+    terminal_id: int
+    date: dt.date
+    status: Literal["balanced", "out_of_balance"]
+    terminal: DayTotals
+    processor: DayTotals
+    # per total that differs: the processor's minus the terminal's
+    differences: dict[str, Difference]
+    # request ids the processor booked that the terminal did not count (when out of balance;
+    # all of the day's when the terminal sent none), and those it counted that the processor
+    # did not book (given the ids it sent)
+    processor_only: list[str]
+    terminal_only: list[str]
+
+
+class ReconciliationQuery(Model):
+    """GET /v1/reconciliation: one Asia/Tehran day, optionally of one status."""
+
+    date: DateText = Field(json_schema_extra={"format": "date"})
+    status: Literal["balanced", "out_of_balance"] | None = None
+
+
+class TerminalReconciliation(BaseModel):
+    terminal_id: int
+    merchant_id: int
+    status: Literal["balanced", "out_of_balance"]
+    terminal: DayTotals
+    processor: DayTotals
+    differences: dict[str, Difference]
+    processor_only: int  # how many request ids
+    terminal_only: int
+    reconciled_at: dt.datetime
+
+
+class ReconciliationList(BaseModel):
+    date: dt.date
+    terminals: list[TerminalReconciliation]
+
+
+class OfflineDeclinesQuery(Model):
+    """GET /v1/reports/offline-declines: one Asia/Tehran day, optionally of one store."""
+
+    date: DateText = Field(json_schema_extra={"format": "date"})
+    merchant_id: Id | None = None
+
+
+class OfflineDecline(BaseModel):
+    terminal_id: int
+    merchant_id: int
+    offline_seq: int
+    request_id: str
+    national_id: str
+    amount: int
+    captured_at: dt.datetime
+    posted_at: dt.datetime
+    reason: str
+
+
+class OfflineDeclines(BaseModel):
+    date: dt.date
+    declines: list[OfflineDecline]
 
 
 class ReversalRequest(Model):
@@ -381,6 +596,8 @@ class LedgerFilters(Model):
     kind: Literal["redemption", "reversal"] | None = None
     from_: Timestamp | None = Field(default=None, alias="from")
     to: Timestamp | None = None
+    # offline: purchases forwarded from offline (captured_at set); online: every other entry
+    channel: Literal["online", "offline"] | None = None
 
 
 class LedgerQuery(LedgerFilters):
@@ -428,6 +645,7 @@ class LedgerEntry(BaseModel):
     tranche_id: int
     amount: int
     created_at: dt.datetime
+    captured_at: dt.datetime | None  # forwarded from offline: when the terminal captured it
 
 
 class LedgerPage(BaseModel):
@@ -463,6 +681,12 @@ class MerchantSettlement(BaseModel):
     redeemed_amount: int
     reversed_amount: int
     net_amount: int
+    # of the redemptions, those forwarded from offline
+    offline_redemptions: int
+    offline_amount: int
+    # offline purchases declined when posted: the store's loss (not in net_amount)
+    declined_offline: int
+    declined_offline_amount: int
 
 
 class Settlement(BaseModel):

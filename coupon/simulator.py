@@ -5,13 +5,17 @@ reversal of a recent sale, a POS repeating a request it got no answer for, a bal
 and purchases that are declined (a household not in the tranche, or more than its credit).
 A few stores, when given, commit the frauds inspection looks for: a household's whole balance
 run through at once (cash for credit, cards collected from anywhere) and one purchase split
-into several redemptions."""
+into several redemptions.
+
+Now and then a terminal that may work offline loses its line for a while: it approves its sales
+offline, and forwards them in a batch when the line is back."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import random
 import time
 import uuid
@@ -40,6 +44,10 @@ FRAUD_SHARE = 0.04
 ITEMS = ("rice", "cooking_oil", "chicken", "eggs", "dairy", "legumes", "sugar", "pasta")
 CONCURRENCY = 32
 REPORT_EVERY = 30.0
+# per request, the chance that an offline-capable terminal loses its line; for how long (s)
+OUTAGE_CHANCE = 0.003
+OUTAGE_SECONDS = (20.0, 60.0)
+MAX_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class Pos:
     terminal_id: int
     secret: str
     province: str
+    offline_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class Traffic:
     seed: int = 1
     fraud_terminals: Sequence[Pos] = ()
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    # each terminal's last offline_seq already forwarded (its numbering goes on from there)
+    offline_seqs: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -88,6 +99,9 @@ class Traffic:
         if self.fraud_terminals:
             self._actions.append("fraud")
             self._weights.append(FRAUD_SHARE)
+        self._offline_capable = [p for p in self.terminals if p.offline_enabled]
+        self._outages: dict[int, float] = {}  # terminal -> when its line comes back
+        self._captured: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
 
     async def run(self, requests: int | None = None) -> collections.Counter[str]:
         if not self.terminals or not self._entitled:
@@ -134,6 +148,7 @@ class Traffic:
     async def _one(self, session: aiohttp.ClientSession) -> None:
         action = self._rng.choices(self._actions, self._weights)[0]
         try:
+            await self._outages_come_and_go(session)
             if action == "retry" and self._recent:
                 sale = self._rng.choice(self._recent)
                 await self._send(session, sale.pos, "POST", "/v1/redemptions", sale.body)
@@ -177,6 +192,9 @@ class Traffic:
         if rng.random() < 0.1:
             payload["allow_partial"] = True
         pos = self._pos_for(shopper)
+        if pos.terminal_id in self._outages:
+            self._capture_offline(pos, payload)
+            return
         body = orjson.dumps(payload)
         status = await self._send(session, pos, "POST", "/v1/redemptions", body)
         if status == 201:
@@ -196,6 +214,51 @@ class Traffic:
             payload = {"request_id": self._request_id(), "national_id": shopper.national_id}
             body = orjson.dumps({**payload, **sale})
             await self._send(session, pos, "POST", "/v1/redemptions", body)
+
+    async def _outages_come_and_go(self, session: aiohttp.ClientSession) -> None:
+        now = time.monotonic()
+        if self._offline_capable and self._rng.random() < OUTAGE_CHANCE:
+            pos = self._rng.choice(self._offline_capable)
+            if pos.terminal_id not in self._outages:
+                self._outages[pos.terminal_id] = now + self._rng.uniform(*OUTAGE_SECONDS)
+                self.counts["offline_outage"] += 1
+        for pos in self._offline_capable:
+            until = self._outages.get(pos.terminal_id)
+            if until is not None and until <= now:
+                del self._outages[pos.terminal_id]
+                await self._forward(session, pos, self._captured.pop(pos.terminal_id, []))
+
+    def _capture_offline(self, pos: Pos, payload: dict[str, Any]) -> None:
+        """A sale approved offline (no split tender: the POS cannot ask the balance)."""
+        seq = self.offline_seqs.get(pos.terminal_id, 0) + 1
+        self.offline_seqs[pos.terminal_id] = seq
+        purchase = {k: v for k, v in payload.items() if k != "allow_partial"}
+        purchase["offline_seq"] = seq
+        purchase["captured_at"] = dt.datetime.now(dt.UTC).isoformat()
+        self._captured[pos.terminal_id].append(purchase)
+        self.counts["offline_captured"] += 1
+
+    async def _forward(
+        self, session: aiohttp.ClientSession, pos: Pos, purchases: list[dict[str, Any]]
+    ) -> None:
+        """The line is back: what the terminal captured meanwhile, in batches."""
+        for start in range(0, len(purchases), MAX_BATCH):
+            body = orjson.dumps({"purchases": purchases[start : start + MAX_BATCH]})
+            headers = auth.signed_headers(
+                pos.terminal_id, pos.secret, "POST", "/v1/offline/batches", body, uuid.uuid4().hex
+            )
+            headers["Content-Type"] = "application/json"
+            url = self.base_url + "/v1/offline/batches"
+            async with session.post(url, data=body, headers=headers) as r:
+                answer = await r.read()
+                if r.status != 200:
+                    self.counts[f"offline_batch_{r.status}"] += 1
+                    continue
+                for result in orjson.loads(answer)["results"]:
+                    reason = result["reason"]
+                    self.counts[
+                        f"offline_{result['status']}" + (f"_{reason}" if reason else "")
+                    ] += 1
 
     def _pos_for(self, shopper: Shopper) -> Pos:
         # people shop in their own province

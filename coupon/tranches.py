@@ -38,6 +38,8 @@ async def open_tranche(
             list(tranche.categories),
             tranche.carry_over,
             carried_from,
+            tranche.offline_allowance,
+            tranche.offline_max_amount,
             scope,
         )
         if tranche_id is None:

@@ -18,6 +18,7 @@ from coupon.models import (
     MerchantCreate,
     SecretRotation,
     StatusChange,
+    TerminalChange,
     TrancheCreate,
     TrancheList,
 )
@@ -133,10 +134,10 @@ async def create_terminal(request: web.Request) -> web.Response:
 
 async def patch_terminal(request: web.Request) -> web.Response:
     terminal_id = int_param(request, "id")
-    change = body_of(request, StatusChange)
+    change = body_of(request, TerminalChange)
     async with request.app[keys.POOL].acquire() as conn:
         terminal = await merchants.set_terminal_status(
-            conn, terminal_id, change.status, scope_of(request)
+            conn, terminal_id, change.status, change.offline_enabled, scope_of(request)
         )
     return json_response(terminal)
 

@@ -31,14 +31,14 @@ def guard(route: Route) -> keys.Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         raw = None
         if route.auth == "terminal":
-            raw = await _verify_terminal(request)
+            raw = await _verify_terminal(request, route.max_body)
         elif route.roles:
             await _check_role(request, route.roles, route.query_token)
         if isinstance(route.body, type):
             if request.content_type != "application/json":
                 raise errors.UnsupportedMediaType("send the body as application/json")
             request[BODY] = parse_json(
-                raw if raw is not None else await read_body(request), route.body
+                raw if raw is not None else await read_body(request, route.max_body), route.body
             )
         if route.query is not None:
             params = dict(request.query)
@@ -84,23 +84,24 @@ def terminal_of(request: web.Request) -> auth.SignedRequest:
     return request[TERMINAL]
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole body, within the app's client_max_size (413 past it) and the body timeout
-    (408 past it)."""
+async def read_body(request: web.Request, max_size: int | None = None) -> bytes:
+    """The whole body, within the app's client_max_size or the route's max_size (413 past
+    it) and the body timeout (408 past it)."""
+    source = request if max_size is None else request.clone(client_max_size=max_size)
     try:
         async with asyncio.timeout(request.app[keys.SETTINGS].body_timeout):
-            return await request.read()
+            return await source.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.PayloadTooLarge() from None
     except TimeoutError:
         raise errors.RequestTimeout() from None
 
 
-async def _verify_terminal(request: web.Request) -> bytes:
+async def _verify_terminal(request: web.Request, max_size: int | None) -> bytes:
     """Check the request's signature; return the raw body it covers."""
     signed = auth.parse_headers(request.headers)
     request[keys.LOG]["terminal_id"] = signed.terminal_id
-    body = await read_body(request)
+    body = await read_body(request, max_size)
     await auth.verify(
         request.app[keys.SECRETS],
         request.app[keys.POOL],

@@ -62,6 +62,12 @@ class ProvinceActivity(BaseModel):
     reversed_amount: int
     today_transactions: int  # net, since midnight in Tehran
     today_amount: int
+    # purchases forwarded from offline: posted (by the household's province), and declined at
+    # posting, the stores' losses (by the store's province), with their rials
+    offline_posted: int
+    offline_posted_amount: int
+    offline_declined: int
+    offline_declined_amount: int
 
 
 class Activity(BaseModel):

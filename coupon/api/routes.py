@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from coupon.api import admin, audit, dashboard, insights, inspection, stats, system, terminal
+from coupon.api import (
+    admin,
+    audit,
+    dashboard,
+    insights,
+    inspection,
+    offline,
+    stats,
+    system,
+    terminal,
+)
 from coupon.api.keys import Handler
 from coupon.models import (
     Approved,
@@ -23,7 +33,16 @@ from coupon.models import (
     Merchant,
     MerchantCreate,
     MerchantCreated,
+    OfflineBatch,
+    OfflineBatchAnswer,
+    OfflineDeclines,
+    OfflineDeclinesQuery,
+    OfflineGaps,
     PendingOriginal,
+    Reconciliation,
+    ReconciliationList,
+    ReconciliationQuery,
+    ReconciliationRequest,
     RedemptionRequest,
     ReversalRequest,
     Reversed,
@@ -36,6 +55,7 @@ from coupon.models import (
     StatusChange,
     StreamQuery,
     Terminal,
+    TerminalChange,
     TerminalCreated,
     TrancheCreate,
     TrancheCreated,
@@ -61,6 +81,7 @@ class Route:
     database: bool = True  # needs the database (so it may answer 503)
     match: str | None = None  # the router's pattern, when it must be stricter than `path`
     query_token: bool = False  # the bearer token may come as ?access_token= (EventSource)
+    max_body: int | None = None  # bytes of body admitted, when more than the app's default
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -104,6 +125,64 @@ ROUTES: tuple[Route, ...] = (
             415: None,
         },
         tag="terminal",
+    ),
+    Route(
+        "POST",
+        "/v1/offline/batches",
+        offline.post_offline_batch,
+        "Forward up to 500 purchases approved offline (idempotent per terminal and "
+        "offline_seq): each is posted once, in offline_seq order, approved or declined with a "
+        "reason; the answer also names the gaps in the terminal's offline_seq",
+        "terminal",
+        body=OfflineBatch,
+        responses={200: OfflineBatchAnswer, 413: None, 415: None},
+        tag="terminal",
+        max_body=1024 * 1024,
+    ),
+    Route(
+        "POST",
+        "/v1/terminals/reconciliation",
+        offline.reconcile,
+        "End of day: the terminal's totals of an Asia/Tehran day against the processor's; "
+        "balanced, or out_of_balance with the differences and the request ids either side "
+        "lacks",
+        "terminal",
+        body=ReconciliationRequest,
+        responses={200: Reconciliation, 413: None, 415: None},
+        tag="terminal",
+        max_body=1024 * 1024,
+    ),
+    Route(
+        "GET",
+        "/v1/reconciliation",
+        offline.list_reconciliations,
+        "The terminals' reconciliations of one Asia/Tehran day (?date=YYYY-MM-DD), "
+        "?status=out_of_balance for those that did not balance",
+        "operator,auditor",
+        responses={200: ReconciliationList},
+        tag="audit",
+        query=ReconciliationQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/reports/offline-declines",
+        offline.get_offline_declines,
+        "Offline purchases declined when they were posted on one Asia/Tehran day "
+        "(?date=YYYY-MM-DD[&merchant_id=]): each one the store's loss, with its reason",
+        "auditor",
+        responses={200: OfflineDeclines},
+        tag="audit",
+        query=OfflineDeclinesQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/admin/offline/gaps",
+        offline.get_gaps,
+        "Terminals whose forwarded offline purchases have offline_seq numbers missing below "
+        "the highest one: how many are missing",
+        "operator",
+        responses={200: OfflineGaps},
+        tag="operator",
     ),
     Route(
         "GET",
@@ -405,9 +484,10 @@ ROUTES: tuple[Route, ...] = (
         "PATCH",
         "/v1/admin/terminals/{id}",
         admin.patch_terminal,
-        "Suspend or reactivate a POS terminal",
+        "Suspend or reactivate a POS terminal, and/or let it approve purchases offline "
+        "(offline_enabled)",
         "operator",
-        body=StatusChange,
+        body=TerminalChange,
         responses={200: Terminal, 404: None, 413: None, 415: None},
         tag="operator",
     ),

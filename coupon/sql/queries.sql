@@ -222,9 +222,10 @@ SELECT id, ends_at FROM tranches WHERE ends_at <= $1 ORDER BY ends_at DESC LIMIT
 
 -- name: insert_tranche
 -- A new tranche; the exclusion constraint rejects an overlapping window. Tranches are national:
--- nothing is inserted for a province-scoped token ($7 not null).
-INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from)
-SELECT $1, $2, $3, $4, $5, $6 WHERE $7::text IS NULL
+-- nothing is inserted for a province-scoped token ($9 not null).
+INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from,
+                      offline_allowance, offline_max_amount)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE $9::text IS NULL
 RETURNING id;
 
 -- name: insert_tranche_bands
@@ -291,7 +292,8 @@ UPDATE tranches SET households_credited = $2, total_credit = $3 WHERE id = $1;
 -- name: list_tranches
 -- Every tranche with its bands, newest window first.
 SELECT t.id, t.name, t.starts_at, t.ends_at, t.categories, t.carry_over, t.carried_from,
-       t.households_credited, t.total_credit, t.created_at,
+       t.households_credited, t.total_credit, t.created_at, t.offline_allowance,
+       t.offline_max_amount,
        coalesce(
            (SELECT jsonb_agg(jsonb_build_object(
                        'up_to_decile', b.up_to_decile,
@@ -372,15 +374,18 @@ UPDATE terminals SET secret_box = $3, previous_box = $4
 WHERE id = $1 AND secret_box = $2;
 
 -- name: set_terminal_status
--- Suspend or reactivate a POS terminal of a store of the token's province ($3; null:
--- national). No row: no such terminal; a row of nulls: another province's.
+-- Suspend or reactivate a POS terminal, and/or let it work offline or not (null: unchanged),
+-- of a store of the token's province ($4; null: national). No row: no such terminal; a row of
+-- nulls: another province's.
 WITH target AS (
     SELECT t.id, m.province FROM terminals t JOIN merchants m ON m.id = t.merchant_id
     WHERE t.id = $1),
 changed AS (
-    UPDATE terminals t SET status = $2 FROM target
-    WHERE t.id = target.id AND ($3::text IS NULL OR target.province = $3)
-    RETURNING t.id, t.merchant_id, t.status)
+    UPDATE terminals t
+    SET status = coalesce($2, t.status), offline_enabled = coalesce($3, t.offline_enabled)
+    FROM target
+    WHERE t.id = target.id AND ($4::text IS NULL OR target.province = $4)
+    RETURNING t.id, t.merchant_id, t.status, t.offline_enabled)
 SELECT changed.* FROM target LEFT JOIN changed ON true;
 
 -- name: terminal_secret
@@ -404,6 +409,92 @@ SELECT outcome, entry_id, amount, remaining, replayed FROM reverse($1, $2, $3, $
 -- name: balance_inquiry
 -- A household's eligibility and remaining credit in the current tranche.
 SELECT outcome, reason, tranche_id, remaining, ends_at FROM balance_inquiry($1, $2, $3);
+
+-- name: post_offline_batch
+-- Purchases approved offline, forwarded in one batch (SQL function post_offline_batch()).
+SELECT offline_seq, request_id, outcome, reason, entry_id, amount, remaining, tranche_id,
+       posted_at, replayed
+FROM post_offline_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12);
+
+-- name: last_offline_seqs
+-- Each terminal's highest offline_seq forwarded (the demo's terminals number on from there).
+SELECT terminal_id, max(offline_seq) AS last_seq FROM offline_purchases GROUP BY terminal_id;
+
+-- name: offline_gaps
+-- The offline_seq numbers a terminal has not forwarded below the highest it has: ranges
+-- (first, last), the first $2 of them, and the highest.
+SELECT coalesce(array_agg(g.prev + 1 ORDER BY g.prev) FILTER (WHERE g.k <= $2), '{}') AS firsts,
+       coalesce(array_agg(g.offline_seq - 1 ORDER BY g.prev) FILTER (WHERE g.k <= $2), '{}')
+           AS lasts,
+       (SELECT max(offline_seq) FROM offline_purchases WHERE terminal_id = $1) AS last_seq
+FROM (SELECT s.prev, s.offline_seq, row_number() OVER (ORDER BY s.prev) AS k
+      FROM (SELECT offline_seq, lag(offline_seq, 1, 0::bigint) OVER (ORDER BY offline_seq) AS prev
+            FROM offline_purchases WHERE terminal_id = $1) s
+      WHERE s.offline_seq > s.prev + 1) g;
+
+-- name: terminals_with_gaps
+-- Every terminal that forwarded offline purchases with offline_seq numbers missing below its
+-- highest: how many are missing, and the highest.
+SELECT o.terminal_id, t.merchant_id, max(o.offline_seq) AS last_offline_seq,
+       (max(o.offline_seq) - count(*))::bigint AS missing
+FROM offline_purchases o JOIN terminals t ON t.id = o.terminal_id
+GROUP BY o.terminal_id, t.merchant_id
+HAVING max(o.offline_seq) > count(*)
+ORDER BY o.terminal_id;
+
+-- name: reconciliation_entries
+-- What the processor booked for one terminal ($1, its store $2) on one Asia/Tehran day ($3):
+-- redemptions online by posting time, redemptions forwarded from offline by capture time
+-- (posted at most $4 later), reversals by posting time.
+SELECT CASE WHEN l.kind = 'reversal' THEN 'reversals'
+            WHEN l.captured_at IS NULL THEN 'online_redemptions'
+            ELSE 'offline_redemptions' END AS total,
+       l.request_id, l.amount
+FROM ledger l
+WHERE l.merchant_id = $2 AND l.terminal_id = $1
+  AND l.created_at >= ($3::date::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND l.created_at < (($3::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran') + $4::interval
+  AND coalesce(l.captured_at, l.created_at)
+      < (($3::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND coalesce(l.captured_at, l.created_at)
+      >= ($3::date::timestamp AT TIME ZONE 'Asia/Tehran')
+ORDER BY l.seq;
+
+-- name: terminal_merchant
+-- A terminal's store, once its request's nonce is recorded (null merchant: the nonce was used).
+SELECT CASE WHEN terminal_nonce_fresh($1, $2) THEN merchant_id END AS merchant_id
+FROM terminals WHERE id = $1;
+
+-- name: save_reconciliation
+-- A terminal's reconciliation of a day; a later one of the same day replaces it.
+INSERT INTO terminal_reconciliations (terminal_id, business_date, status, reported, processor,
+                                      differences, processor_only, terminal_only)
+VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6::text::jsonb, $7, $8)
+ON CONFLICT (terminal_id, business_date) DO UPDATE
+SET status = excluded.status, reported = excluded.reported, processor = excluded.processor,
+    differences = excluded.differences, processor_only = excluded.processor_only,
+    terminal_only = excluded.terminal_only, reconciled_at = now();
+
+-- name: list_reconciliations
+-- The terminals' reconciliations of one day ($1), of one status ($2) when given, by terminal.
+SELECT r.terminal_id, t.merchant_id, r.business_date, r.status, r.reported::text AS reported,
+       r.processor::text AS processor, r.differences::text AS differences, r.processor_only, r.terminal_only, r.reconciled_at
+FROM terminal_reconciliations r JOIN terminals t ON t.id = r.terminal_id
+WHERE r.business_date = $1 AND ($2::text IS NULL OR r.status = $2)
+ORDER BY r.terminal_id;
+
+-- name: offline_declines
+-- The offline purchases declined when posted on one Asia/Tehran day ($1), of one store ($2)
+-- when given: each is the store's loss, with its reason.
+SELECT o.terminal_id, t.merchant_id, o.offline_seq, o.request_id, o.national_id, o.amount,
+       o.captured_at, o.posted_at, r.reason
+FROM offline_purchases o
+JOIN terminal_requests r ON r.terminal_id = o.terminal_id AND r.request_id = o.request_id
+JOIN terminals t ON t.id = o.terminal_id
+WHERE o.posted_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND o.posted_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
+  AND r.outcome = 'declined' AND ($2::bigint IS NULL OR t.merchant_id = $2)
+ORDER BY o.posted_at, o.terminal_id, o.offline_seq;
 
 -- name: prune_nonces
 -- Forget nonces older than the clock window: a request that old is refused by its timestamp.
@@ -443,11 +534,12 @@ SELECT EXISTS (SELECT FROM tranches WHERE id = $1);
 
 -- name: ledger_page
 -- One page of the ledger in seq order after a cursor, up to a commit horizon (a lower seq can
--- commit after a higher one: a page past the horizon could skip it); filters: null = any.
+-- commit after a higher one: a page past the horizon could skip it); filters: null = any ($12:
+-- 'online', or 'offline' for purchases forwarded from offline).
 -- Run with plan_cache_mode = force_custom_plan so each call is planned for its own filters;
 -- the inner select finds the page's seqs (often from an index alone), the outer fetches rows.
 SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
-       tranche_id, amount, created_at
+       tranche_id, amount, created_at, captured_at
 FROM ledger
 WHERE seq IN (
     SELECT seq FROM ledger
@@ -459,9 +551,10 @@ WHERE seq IN (
       AND ($6::text IS NULL OR kind = $6)
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
+      AND ($12::text IS NULL OR (captured_at IS NOT NULL) = ($12 = 'offline'))
       AND seq > $9 AND seq <= $11
       -- a province-scoped auditor's token: the rows of its province's stores only
-      AND ($12::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $12))
+      AND ($13::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $13))
     ORDER BY seq
     LIMIT $10
 )
@@ -472,7 +565,7 @@ ORDER BY seq;
 -- whole ledger in seq order hoping to meet the window early (created_at only roughly follows
 -- seq): it collects the window's seqs from a time index instead and keeps the first ones.
 SELECT seq, kind, seq AS entry_id, request_id, terminal_id, merchant_id, national_id, province,
-       tranche_id, amount, created_at
+       tranche_id, amount, created_at, captured_at
 FROM ledger
 WHERE seq IN (
     SELECT seq FROM ledger
@@ -484,9 +577,10 @@ WHERE seq IN (
       AND ($6::text IS NULL OR kind = $6)
       AND ($7::timestamptz IS NULL OR created_at >= $7)
       AND ($8::timestamptz IS NULL OR created_at < $8)
+      AND ($12::text IS NULL OR (captured_at IS NOT NULL) = ($12 = 'offline'))
       AND seq > $9 AND seq <= $11
       -- a province-scoped auditor's token: the rows of its province's stores only
-      AND ($12::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $12))
+      AND ($13::text IS NULL OR merchant_id IN (SELECT id FROM merchants WHERE province = $13))
     ORDER BY seq + 0
     LIMIT $10
 )
@@ -494,20 +588,46 @@ ORDER BY seq;
 
 -- name: settlement
 -- Per store, one Asia/Tehran calendar day: redemptions, reversals and what the store is owed;
--- the stores of province $2 only, when given (a province-scoped token).
+-- of the redemptions, those forwarded from offline; and the offline purchases declined when
+-- they were posted that day (the store's loss: it had handed the goods over). The stores of
+-- province $2 only, when given (a province-scoped token).
+WITH day AS (
+    SELECT ($1::date::timestamp AT TIME ZONE 'Asia/Tehran') AS starts,
+           (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran') AS ends
+), booked AS (
+    SELECT l.merchant_id,
+           count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
+           count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'redemption'), 0) AS redeemed_amount,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reversal'), 0) AS reversed_amount,
+           coalesce(sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END), 0)
+               AS net_amount,
+           count(*) FILTER (WHERE l.captured_at IS NOT NULL) AS offline_redemptions,
+           coalesce(sum(l.amount) FILTER (WHERE l.captured_at IS NOT NULL), 0) AS offline_amount
+    FROM ledger l, day
+    WHERE l.created_at >= day.starts AND l.created_at < day.ends
+    GROUP BY l.merchant_id
+), lost AS (
+    SELECT t.merchant_id, count(*) AS declined_offline, sum(o.amount) AS declined_offline_amount
+    FROM offline_purchases o
+    JOIN terminal_requests r ON r.terminal_id = o.terminal_id AND r.request_id = o.request_id
+    JOIN terminals t ON t.id = o.terminal_id, day
+    WHERE o.posted_at >= day.starts AND o.posted_at < day.ends AND r.outcome = 'declined'
+    GROUP BY t.merchant_id
+)
 SELECT m.id AS merchant_id, m.name, m.province,
-       count(*) FILTER (WHERE l.kind = 'redemption') AS redemptions,
-       count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'redemption'), 0)::bigint AS redeemed_amount,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'reversal'), 0)::bigint AS reversed_amount,
-       coalesce(sum(CASE l.kind WHEN 'redemption' THEN l.amount ELSE -l.amount END), 0)::bigint
-           AS net_amount
-FROM ledger l
-JOIN merchants m ON m.id = l.merchant_id
-WHERE l.created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
-  AND l.created_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
-  AND ($2::text IS NULL OR m.province = $2)
-GROUP BY m.id
+       coalesce(b.redemptions, 0) AS redemptions, coalesce(b.reversals, 0) AS reversals,
+       coalesce(b.redeemed_amount, 0)::bigint AS redeemed_amount,
+       coalesce(b.reversed_amount, 0)::bigint AS reversed_amount,
+       coalesce(b.net_amount, 0)::bigint AS net_amount,
+       coalesce(b.offline_redemptions, 0) AS offline_redemptions,
+       coalesce(b.offline_amount, 0)::bigint AS offline_amount,
+       coalesce(x.declined_offline, 0) AS declined_offline,
+       coalesce(x.declined_offline_amount, 0)::bigint AS declined_offline_amount
+FROM booked b
+FULL JOIN lost x ON x.merchant_id = b.merchant_id
+JOIN merchants m ON m.id = coalesce(b.merchant_id, x.merchant_id)
+WHERE $2::text IS NULL OR m.province = $2
 ORDER BY m.id;
 
 -- name: ledger_horizon
@@ -552,14 +672,14 @@ ORDER BY b.block_no;
 -- name: export_rows
 -- Every sealed ledger row, with all its digest's fields, in seq order (up to a head).
 SELECT seq, kind, request_id, terminal_id, merchant_id, national_id, province, tranche_id,
-       amount, reverses, created_at
+       amount, reverses, created_at, captured_at
 FROM ledger WHERE seq <= $1 ORDER BY seq;
 
 -- name: seal_rows
 -- Digest the rows (after, up to] into a new block's seals; at most $4 rows per block.
 INSERT INTO ledger_seals (seq, block_no, digest)
 SELECT seq, $3, ledger_digest(seq, kind, request_id, terminal_id, merchant_id, national_id,
-                              province, tranche_id, amount, reverses, created_at)
+                              province, tranche_id, amount, reverses, created_at, captured_at)
 FROM ledger WHERE seq > $1 AND seq <= $2
 ORDER BY seq
 LIMIT $4;
@@ -593,7 +713,7 @@ CROSS JOIN LATERAL (
            sha256(b.prev_hash || coalesce(string_agg(
                ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id, l.merchant_id,
                              l.national_id, l.province, l.tranche_id, l.amount, l.reverses,
-                             l.created_at),
+                             l.created_at, l.captured_at),
                ''::bytea ORDER BY l.seq), ''::bytea)) AS hash
     FROM ledger l WHERE l.seq > b.prev_end AND l.seq <= b.last_seq
 ) d
@@ -610,7 +730,7 @@ FULL JOIN (SELECT * FROM ledger_seals WHERE seq > $1 AND seq <= $2) s ON s.seq =
 WHERE l.seq IS NULL OR s.seq IS NULL
    OR s.digest <> ledger_digest(l.seq, l.kind, l.request_id, l.terminal_id, l.merchant_id,
                                 l.national_id, l.province, l.tranche_id, l.amount, l.reverses,
-                                l.created_at);
+                                l.created_at, l.captured_at);
 
 -- name: count_ledger
 -- How many entries the ledger holds.
@@ -751,7 +871,9 @@ FROM moves GROUP BY at ORDER BY at;
 -- name: insight_activity
 -- Per province, for tranche $1 (all of them when null): declined redemptions by reason (by
 -- the store's province: a decline may name no household), reversals and their rials (by the
--- household's province), and net transactions and rials since $2 (the start of the day).
+-- household's province), and net transactions and rials since $2 (the start of the day); of
+-- the purchases forwarded from offline, those posted (by the household's province) and those
+-- declined at posting, the stores' losses (by the store's province), with their rials.
 WITH t AS (
     SELECT coalesce(min(starts_at), '-infinity') AS starts_at,
            coalesce(max(ends_at), 'infinity') AS ends_at
@@ -764,6 +886,19 @@ WITH t AS (
     WHERE r.kind = 'redemption' AND r.outcome = 'declined'
       AND r.created_at >= t.starts_at AND r.created_at < t.ends_at
     GROUP BY 1, 2
+), offline_lost AS (
+    SELECT m.province, count(*) AS n, sum(o.amount) AS amount
+    FROM offline_purchases o
+    JOIN terminal_requests r ON r.terminal_id = o.terminal_id AND r.request_id = o.request_id
+    JOIN terminals d ON d.id = o.terminal_id
+    JOIN merchants m ON m.id = d.merchant_id, t
+    WHERE r.outcome = 'declined' AND o.posted_at >= t.starts_at AND o.posted_at < t.ends_at
+    GROUP BY 1
+), offline_posted AS (
+    SELECT l.province, count(*) AS n, sum(l.amount) AS amount
+    FROM ledger l
+    WHERE l.captured_at IS NOT NULL AND ($1::bigint IS NULL OR l.tranche_id = $1)
+    GROUP BY 1
 ), ledger_sums AS (
     SELECT l.province,
            count(*) FILTER (WHERE l.kind = 'reversal') AS reversals,
@@ -784,9 +919,15 @@ SELECT p.code,
        coalesce(s.reversed_amount, 0)::bigint AS reversed_amount,
        coalesce(s.today_transactions, 0)::bigint AS today_transactions,
        coalesce(s.today_amount, 0)::bigint AS today_amount,
+       coalesce(op.n, 0)::bigint AS offline_posted,
+       coalesce(op.amount, 0)::bigint AS offline_posted_amount,
+       coalesce(ol.n, 0)::bigint AS offline_declined,
+       coalesce(ol.amount, 0)::bigint AS offline_declined_amount,
        statement_timestamp() AS as_of
 FROM provinces p
 LEFT JOIN ledger_sums s ON s.province = p.code
+LEFT JOIN offline_posted op ON op.province = p.code
+LEFT JOIN offline_lost ol ON ol.province = p.code
 ORDER BY p.code;
 
 -- name: list_merchants
@@ -800,7 +941,7 @@ ORDER BY m.id;
 
 -- name: list_terminals
 -- POS terminals (never their secrets) with their store, of one store ($1) when given.
-SELECT t.id, t.merchant_id, m.name AS merchant_name, m.province, t.status
+SELECT t.id, t.merchant_id, m.name AS merchant_name, m.province, t.status, t.offline_enabled
 FROM terminals t
 JOIN merchants m ON m.id = t.merchant_id
 WHERE $1::bigint IS NULL OR t.merchant_id = $1

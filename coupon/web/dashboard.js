@@ -22,6 +22,8 @@
       declined: "ردشده",
       reversals: "برگشتی",
       reversed_amount: "مبلغ برگشتی",
+      offline_posted: "ثبت‌شده پس از قطعی",
+      offline_declined: "ردشدهٔ آفلاین (زیان فروشگاه)",
       today: "امروز",
       map: "پوشش استان‌ها",
       charts: "نمودارها",
@@ -69,6 +71,12 @@
         merchant_suspended: "فروشگاه تعلیق‌شده",
         terminal_suspended: "پایانه تعلیق‌شده",
         reversed: "برگشت‌خورده",
+        offline_not_enabled: "پایانهٔ بدون مجوز آفلاین",
+        captured_in_future: "زمان ثبت در آینده",
+        late: "ارسال دیرهنگام",
+        outside_window: "خارج از بازهٔ مرحله",
+        offline_max_amount_exceeded: "بیش از سقف خرید آفلاین",
+        offline_allowance_exceeded: "بیش از سهمیهٔ آفلاین",
       },
     },
     en: {
@@ -89,6 +97,8 @@
       declined: "Declined",
       reversals: "Reversals",
       reversed_amount: "Reversed",
+      offline_posted: "Posted from offline",
+      offline_declined: "Declined offline (stores' loss)",
       today: "Today",
       map: "Coverage by province",
       charts: "Charts",
@@ -136,6 +146,12 @@
         merchant_suspended: "store suspended",
         terminal_suspended: "terminal suspended",
         reversed: "reversed",
+        offline_not_enabled: "terminal not allowed offline",
+        captured_in_future: "captured in the future",
+        late: "forwarded too late",
+        outside_window: "outside the tranche",
+        offline_max_amount_exceeded: "above the offline maximum",
+        offline_allowance_exceeded: "offline allowance used up",
       },
     },
   };
@@ -780,6 +796,8 @@
       entry(t("declined"), reasons ? `${formatNumber(act.declined)} (${reasons})` : formatNumber(0));
       entry(t("reversals"), `${formatNumber(act.reversals)} (${withRials(compact(act.reversed_amount))})`);
       entry(t("today"), t("today_figures")(formatNumber(act.today_transactions), withRials(compact(act.today_amount))));
+      entry(t("offline_posted"), `${formatNumber(act.offline_posted)} (${withRials(compact(act.offline_posted_amount))})`);
+      entry(t("offline_declined"), `${formatNumber(act.offline_declined)} (${withRials(compact(act.offline_declined_amount))})`);
     }
     box.replaceChildren(title, list);
   }

@@ -61,8 +61,9 @@ async def test_filters_match_the_ledger(
         "tranche_id",
         "amount",
         "created_at",
+        "captured_at",  # null: none was forwarded from offline
     }
-    assert all(e["amount"] > 0 for e in everything)
+    assert all(e["amount"] > 0 and e["captured_at"] is None for e in everything)
     nid = next(iter(world.credit))
     middle = everything[10]["created_at"]
     filters = {
@@ -106,6 +107,7 @@ async def test_bad_ledger_queries(
         "national_id=123",
         "from=yesterday",
         "from=2026-01-01T00:00:00",
+        "channel=pos",
         "merchant_id=x",
         "color=red",
     ):

@@ -133,7 +133,8 @@ async def test_audit_verify_and_settlement(dsn: str, conn: asyncpg.Connection) -
     code, out, _ = await coupon(dsn, "report", "settlement", "--date", "2026-03-21")
     assert code == 0
     assert out.splitlines()[0] == (
-        "merchant_id,name,province,redemptions,reversals,redeemed_amount,reversed_amount,net_amount"
+        "merchant_id,name,province,redemptions,reversals,redeemed_amount,reversed_amount,"
+        "net_amount,offline_redemptions,offline_amount,declined_offline,declined_offline_amount"
     )
 
 
@@ -328,7 +329,7 @@ async def test_settlement_dates_solar_hijri_or_gregorian(
     for day in ("1405-09-09", "۱۴۰۵/۰۹/۰۹", "2026-11-30"):
         code, out, err = await coupon(dsn, "report", "settlement", "--date", day)
         assert code == 0
-        assert f"{merchant},Store,IR-15,1,0,500,0,500" in out.splitlines(), (day, out)
+        assert f"{merchant},Store,IR-15,1,0,500,0,500,0,0,0,0" in out.splitlines(), (day, out)
         assert "Solar Hijri 1405-09-09" in err and "Gregorian 2026-11-30" in err
     code, out, err = await coupon(dsn, "report", "settlement", "--date", "1405-09-10")
     assert code == 0 and len(out.splitlines()) == 1 and "Gregorian 2026-12-01" in err
@@ -461,3 +462,60 @@ async def test_token_and_secret_come_last_even_with_stderr(
     )
     code, out, err = await coupon(dsn, "terminals", "add", "--merchant", str(merchant))
     assert code == 0 and err == "" and len((out + err).strip().splitlines()[-1]) == 64
+
+
+async def test_offline_switch_gaps_reconciliations_and_declines(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    merchant = await conn.fetchval(
+        "INSERT INTO merchants (name, province) VALUES ('Store', 'IR-15') RETURNING id"
+    )
+    terminal = await conn.fetchval(
+        "INSERT INTO terminals (merchant_id) VALUES ($1) RETURNING id", merchant
+    )
+    code, out, _ = await coupon(dsn, "terminals", "offline-enable", str(terminal))
+    assert code == 0 and "may work offline" in out
+    assert await conn.fetchval("SELECT offline_enabled FROM terminals WHERE id = $1", terminal)
+    code, out, _ = await coupon(dsn, "terminals", "list")
+    assert code == 0 and "offline_enabled" in out.splitlines()[0]
+    code, out, _ = await coupon(dsn, "terminals", "offline-disable", str(terminal))
+    assert code == 0 and "may not work offline" in out
+    code, _, err = await coupon(dsn, "terminals", "offline-enable", "424242")
+    assert code == 1 and "no terminal 424242" in one_line(err)
+    # a forwarded purchase with seq 3, declined: seq 1 and 2 are missing
+    await conn.execute(
+        "INSERT INTO offline_purchases (terminal_id, offline_seq, request_id, body_hash, "
+        "national_id, amount, captured_at, posted_at) VALUES ($1, 3, 'o3', '\\x00', "
+        "'0084575948', 700, $2, $2)",
+        terminal,
+        dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC),
+    )
+    await conn.execute(
+        "INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, outcome, "
+        "reason) VALUES ($1, 'o3', 'redemption', '\\x00', 'declined', 'late')",
+        terminal,
+    )
+    code, out, _ = await coupon(dsn, "terminals", "gaps")
+    assert code == 0 and out.splitlines()[1].split() == [str(terminal), str(merchant), "3", "2"]
+    code, out, _ = await coupon(dsn, "report", "offline-declines", "--date", "1405-09-09")
+    assert code == 0
+    assert out.splitlines()[1].startswith(f"{terminal},{merchant},3,o3,0084575948,700,")
+    assert out.splitlines()[1].endswith(",late")
+    await conn.execute(
+        "INSERT INTO terminal_reconciliations (terminal_id, business_date, status, reported, "
+        "processor, differences, processor_only) VALUES ($1, '2026-11-30', 'out_of_balance', "
+        "$2::text::jsonb, $2::text::jsonb, '{}', 2)",
+        terminal,
+        '{"online_redemptions": {"count": 1, "amount": 5}, '
+        '"offline_redemptions": {"count": 0, "amount": 0}, '
+        '"reversals": {"count": 0, "amount": 0}}',
+    )
+    code, out, _ = await coupon(
+        dsn, "report", "reconciliation", "--date", "2026-11-30", "--status", "out_of_balance"
+    )
+    assert code == 0 and len(out.splitlines()) == 2
+    assert out.splitlines()[1].startswith(f"{terminal},{merchant},out_of_balance,1,5,0,0,0,0,1,5")
+    code, out, _ = await coupon(
+        dsn, "report", "reconciliation", "--date", "2026-11-30", "--status", "balanced"
+    )
+    assert code == 0 and len(out.splitlines()) == 1

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from coupon import db, demo, inspection, simulator
 from coupon.api.keys import KEYRING
@@ -204,3 +205,35 @@ async def test_the_root_redirects_to_the_dashboard(client: Client) -> None:
     assert response.status == 302 and response.headers["Location"] == "/dashboard"
     response = await client.get("/")
     assert response.status == 200 and "text/html" in response.headers["Content-Type"]
+
+
+async def test_simulated_terminals_go_offline_and_forward_later(
+    client: Client, conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded = await demo.seed(conn, tmp_path, total_households=1_000, keyring=client.app[KEYRING])
+    enabled = [t for t in seeded.terminals if t.get("offline_enabled")]
+    assert enabled and len(enabled) < len(seeded.terminals)
+    assert await conn.fetchval("SELECT count(*) FROM terminals WHERE offline_enabled") == len(
+        enabled
+    )
+    assert await conn.fetchval("SELECT offline_allowance > 0 FROM tranches")
+    monkeypatch.setattr(simulator, "OUTAGE_CHANCE", 0.2)
+    monkeypatch.setattr(simulator, "OUTAGE_SECONDS", (0.2, 0.6))
+    shoppers = [
+        simulator.Shopper(r["national_id"], r["province"], r["entitled"])
+        for r in await conn.fetch(db.q("demo_shoppers"), 10_000)
+    ]
+    pos = [
+        simulator.Pos(t["terminal_id"], t["secret"], t["province"], True) for t in seeded.terminals
+    ]
+    traffic = simulator.Traffic(
+        str(client.make_url("")).rstrip("/"), pos, shoppers, rate=200, seed=4
+    )
+    counts = await traffic.run(requests=600)
+    assert counts["error"] == 0, counts
+    assert counts["offline_outage"] > 0 and counts["offline_captured"] > 0, counts
+    assert counts["offline_approved"] > 0, counts
+    assert not [k for k in counts if k.startswith("offline_batch_")], counts
+    offline = await conn.fetchval("SELECT count(*) FROM ledger WHERE captured_at IS NOT NULL")
+    assert offline == counts["offline_approved"]
+    await invariants(conn)

@@ -37,6 +37,8 @@ from tests.integration.helpers import households_csv, national_ids, tranche_body
 from tests.integration.terminal import invariants
 
 Factory = Callable[..., Awaitable[TestClient[Any, Any]]]
+# columns migrations added to tables 0.1.0 had (their values are checked apart)
+ADDED_COLUMNS = ["captured_at", "offline_allowance", "offline_max_amount", "offline_enabled"]
 
 
 async def _released(dsn: str) -> None:
@@ -70,10 +72,12 @@ async def _fingerprint(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
     out = {}
     for row in tables:
         t = row["t"]
+        # columns added since are left out: the rows must keep every value they had
         out[t] = tuple(
             await conn.fetchrow(
-                f"SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
-                f"FROM {t} x"
+                "SELECT count(*), md5(coalesce(string_agg(j::text, '|' ORDER BY j::text), '')) "
+                f"FROM (SELECT to_jsonb(x) - $1::text[] AS j FROM {t} x) x",
+                ADDED_COLUMNS,
             )
         )
     return out
@@ -109,8 +113,23 @@ def _schema_dump(dsn: str) -> str:
     )
 
 
+# insert_tranche as 0.1.0's tranches take it: no offline columns, and no token scope (their
+# values are only echoed)
+RELEASED_INSERT_TRANCHE = """
+INSERT INTO tranches (name, starts_at, ends_at, categories, carry_over, carried_from)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, $7::bigint AS offline_allowance, $8::bigint AS offline_max_amount,
+          $9::text AS scope"""
+# seal_rows as 0.1.0 sealed: its ledger has no captured_at
+RELEASED_SEAL_ROWS = """
+INSERT INTO ledger_seals (seq, block_no, digest)
+SELECT seq, $3, ledger_digest(seq, kind, request_id, terminal_id, merchant_id, national_id,
+                              province, tranche_id, amount, reverses, created_at)
+FROM ledger WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $4"""
+
+
 async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_row(
-    empty_database: Callable[..., Any], tmp_path: Path
+    empty_database: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     legacy = await empty_database(owner=None)
     await _released(legacy)
@@ -124,7 +143,14 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         tranche = TrancheCreate.model_validate(
             tranche_body(bands=[{"up_to_decile": 3, "per_member_credit": 5_000_000}])
         )
-        await tranches.open_tranche(conn, tranche)
+        with monkeypatch.context() as patched:
+            newest = db.q
+            patched.setattr(
+                db,
+                "q",
+                lambda name: RELEASED_INSERT_TRANCHE if name == "insert_tranche" else newest(name),
+            )
+            await tranches.open_tranche(conn, tranche)
         # as 0.1.0 stored a store: no category
         merchant = await conn.fetchval(
             "INSERT INTO merchants (name, province) VALUES ('Shop', 'IR-15') RETURNING id"
@@ -148,7 +174,7 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         )  # fmt: skip
         assert row["http_status"] == 201, row
         # sealed as 0.1.0 sealed: heads unsigned
-        await conn.execute(db.q("seal_rows"), 0, 10**9, 1, 1000)
+        await conn.execute(RELEASED_SEAL_ROWS, 0, 10**9, 1, 1000)
         await conn.fetchrow(db.q("close_block"), 1, audit.GENESIS, 0)
         before = await _fingerprint(conn)
         assert before["ledger"][0] == 9
@@ -159,9 +185,20 @@ async def test_a_released_database_migrates_to_the_fresh_catalog_keeping_every_r
         assert await migrations.migrate(conn, TEST_SHARDS) == after_release
 
         after = await _fingerprint(conn)
-        assert after.pop("ledger_block_signatures")[0] == 0  # new, and empty
-        assert after.pop("inspection_rules")[0] == 0  # new, and empty
-        assert after.pop("inspection_days")[0] == 0
+        for new_table in (
+            "ledger_block_signatures",
+            "inspection_rules",
+            "inspection_days",
+            "offline_purchases",
+            "terminal_reconciliations",
+        ):
+            assert after.pop(new_table)[0] == 0  # new, and empty
+        assert await conn.fetchval(
+            "SELECT bool_and(captured_at IS NULL) FROM ledger"
+        )  # online rows, all of them
+        assert await conn.fetchval(
+            "SELECT bool_and(offline_allowance = 0 AND offline_max_amount IS NULL) FROM tranches"
+        )
         # terminals have new columns: the old ones compared, then the secret encrypted
         assert after.pop("terminals") != before.pop("terminals")
         # so have stores: a category, the default for those that had none
