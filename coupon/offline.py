@@ -104,9 +104,12 @@ async def post_batch(
     )
 
 
-async def terminals_with_gaps(conn: db.Connection) -> list[dict[str, Any]]:
-    """Terminals whose forwarded offline_seq numbers have holes, by terminal."""
-    return [dict(r) for r in await conn.fetch(db.q("terminals_with_gaps"))]
+async def terminals_with_gaps(
+    conn: db.Connection, scope: str | None = None
+) -> list[dict[str, Any]]:
+    """Terminals whose forwarded offline_seq numbers have holes, by terminal (of the stores of
+    province `scope`, when given)."""
+    return [dict(r) for r in await conn.fetch(db.q("terminals_with_gaps"), scope)]
 
 
 def _zero() -> dict[str, dict[str, int]]:
@@ -186,12 +189,13 @@ def _unmatched(booked: Sequence[str], counted: Sequence[str] | None) -> tuple[li
 
 
 async def list_reconciliations(
-    conn: db.Connection, day: dt.date, status: str | None
+    conn: db.Connection, day: dt.date, status: str | None, scope: str | None = None
 ) -> list[dict[str, Any]]:
-    """The terminals' reconciliations of a day (of one status when given), by terminal."""
+    """The terminals' reconciliations of a day (of one status when given), by terminal; of the
+    stores of province `scope`, when given."""
     async with conn.transaction(readonly=True):
         await audit.read_only(conn)
-        rows = await conn.fetch(db.q("list_reconciliations"), day, status)
+        rows = await conn.fetch(db.q("list_reconciliations"), day, status, scope)
     return [
         {
             **dict(r),
@@ -204,10 +208,11 @@ async def list_reconciliations(
 
 
 async def declines(
-    conn: db.Connection, day: dt.date, merchant_id: int | None
+    conn: db.Connection, day: dt.date, merchant_id: int | None, scope: str | None = None
 ) -> list[dict[str, Any]]:
-    """The offline purchases declined when posted on a day: each one the store's loss."""
+    """The offline purchases declined when posted on a day: each one the store's loss (of the
+    stores of province `scope`, when given)."""
     async with conn.transaction(readonly=True):
         await audit.read_only(conn)
-        rows = await conn.fetch(db.q("offline_declines"), day, merchant_id)
+        rows = await conn.fetch(db.q("offline_declines"), day, merchant_id, scope)
     return [dict(r) for r in rows]

@@ -12,7 +12,7 @@ from coupon import offline
 from coupon.api import keys
 from coupon.api.audit import parse_day
 from coupon.api.common import json_response
-from coupon.api.guard import body_of, query_of, terminal_of
+from coupon.api.guard import body_of, query_of, scope_of, terminal_of
 from coupon.api.terminal import REPLAYED
 from coupon.models import (
     OfflineBatch,
@@ -70,7 +70,7 @@ async def reconcile(request: web.Request) -> web.Response:
 
 async def get_gaps(request: web.Request) -> web.Response:
     async with request.app[keys.READS].acquire() as conn:
-        rows = await offline.terminals_with_gaps(conn)
+        rows = await offline.terminals_with_gaps(conn, scope_of(request))
     return json_response(OfflineGaps.model_validate({"terminals": rows}))
 
 
@@ -78,7 +78,7 @@ async def list_reconciliations(request: web.Request) -> web.Response:
     query = query_of(request, ReconciliationQuery)
     day = parse_day(query.date)
     async with request.app[keys.READS].acquire() as conn:
-        rows = await offline.list_reconciliations(conn, day, query.status)
+        rows = await offline.list_reconciliations(conn, day, query.status, scope_of(request))
     return json_response(ReconciliationList.model_validate({"date": day, "terminals": rows}))
 
 
@@ -86,5 +86,5 @@ async def get_offline_declines(request: web.Request) -> web.Response:
     query = query_of(request, OfflineDeclinesQuery)
     day = parse_day(query.date)
     async with request.app[keys.READS].acquire() as conn:
-        rows = await offline.declines(conn, day, query.merchant_id)
+        rows = await offline.declines(conn, day, query.merchant_id, scope_of(request))
     return json_response(OfflineDeclines.model_validate({"date": day, "declines": rows}))

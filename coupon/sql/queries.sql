@@ -434,10 +434,12 @@ FROM (SELECT s.prev, s.offline_seq, row_number() OVER (ORDER BY s.prev) AS k
 
 -- name: terminals_with_gaps
 -- Every terminal that forwarded offline purchases with offline_seq numbers missing below its
--- highest: how many are missing, and the highest.
+-- highest: how many are missing, and the highest. Of the stores of province $1 only, when given
+-- (a province-scoped token).
 SELECT o.terminal_id, t.merchant_id, max(o.offline_seq) AS last_offline_seq,
        (max(o.offline_seq) - count(*))::bigint AS missing
 FROM offline_purchases o JOIN terminals t ON t.id = o.terminal_id
+WHERE $1::text IS NULL OR t.merchant_id IN (SELECT id FROM merchants WHERE province = $1)
 GROUP BY o.terminal_id, t.merchant_id
 HAVING max(o.offline_seq) > count(*)
 ORDER BY o.terminal_id;
@@ -476,16 +478,20 @@ SET status = excluded.status, reported = excluded.reported, processor = excluded
     terminal_only = excluded.terminal_only, reconciled_at = now();
 
 -- name: list_reconciliations
--- The terminals' reconciliations of one day ($1), of one status ($2) when given, by terminal.
+-- The terminals' reconciliations of one day ($1), of one status ($2) when given, by terminal;
+-- of the stores of province $3 only, when given.
 SELECT r.terminal_id, t.merchant_id, r.business_date, r.status, r.reported::text AS reported,
-       r.processor::text AS processor, r.differences::text AS differences, r.processor_only, r.terminal_only, r.reconciled_at
+       r.processor::text AS processor, r.differences::text AS differences, r.processor_only,
+       r.terminal_only, r.reconciled_at
 FROM terminal_reconciliations r JOIN terminals t ON t.id = r.terminal_id
 WHERE r.business_date = $1 AND ($2::text IS NULL OR r.status = $2)
+  AND ($3::text IS NULL OR t.merchant_id IN (SELECT id FROM merchants WHERE province = $3))
 ORDER BY r.terminal_id;
 
 -- name: offline_declines
 -- The offline purchases declined when posted on one Asia/Tehran day ($1), of one store ($2)
--- when given: each is the store's loss, with its reason.
+-- when given, of the stores of province $3 only when given: each is the store's loss, with its
+-- reason.
 SELECT o.terminal_id, t.merchant_id, o.offline_seq, o.request_id, o.national_id, o.amount,
        o.captured_at, o.posted_at, r.reason
 FROM offline_purchases o
@@ -494,6 +500,7 @@ JOIN terminals t ON t.id = o.terminal_id
 WHERE o.posted_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Tehran')
   AND o.posted_at < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Tehran')
   AND r.outcome = 'declined' AND ($2::bigint IS NULL OR t.merchant_id = $2)
+  AND ($3::text IS NULL OR t.merchant_id IN (SELECT id FROM merchants WHERE province = $3))
 ORDER BY o.posted_at, o.terminal_id, o.offline_seq;
 
 -- name: prune_nonces

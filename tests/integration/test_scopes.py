@@ -3,6 +3,7 @@ here with what a token of IR-15 may do there, so that a new route cannot forget 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from coupon import inspection, tokens
+from coupon import inspection, offline, tokens
 from coupon.api.routes import ROUTES
 from tests.integration.helpers import households_csv, national_ids, tranche_body
 
@@ -265,6 +266,59 @@ async def stream(w: World) -> None:
     pass  # the same figures as /v1/stats, as a stream: test_stats_stream covers it
 
 
+async def reconciliations(w: World) -> None:
+    for province in (OWN, OTHER):
+        await w.conn.execute(
+            "INSERT INTO terminal_reconciliations (terminal_id, business_date, status, reported, "
+            "processor, differences) VALUES ($1, '2026-01-01', 'balanced', $2, $2, '{}')",
+            w.terminals[province],
+            json.dumps({name: {"count": 0, "amount": 0} for name in offline.TOTALS}),
+        )
+    for headers, mine in (
+        (w.operator, [w.terminals[OWN]]),
+        (w.national, list(w.terminals.values())),
+    ):
+        body = await expect(
+            await w.client.get("/v1/reconciliation?date=2026-01-01", headers=headers), 200
+        )
+        assert [t["terminal_id"] for t in body["terminals"]] == sorted(mine), body
+
+
+async def offline_rows(w: World) -> None:
+    """A forwarded purchase at each province's terminal, with a gap below it, declined."""
+    for province in (OWN, OTHER):
+        terminal = w.terminals[province]
+        await w.conn.execute(
+            "INSERT INTO terminal_requests (terminal_id, request_id, kind, body_hash, outcome, "
+            "reason) VALUES ($1, 'off-2', 'redemption', '\\x00', 'declined', 'late')",
+            terminal,
+        )
+        await w.conn.execute(
+            "INSERT INTO offline_purchases (terminal_id, offline_seq, request_id, body_hash, "
+            "national_id, amount, captured_at, posted_at) VALUES ($1, 2, 'off-2', '\\x00', $2, "
+            "1000, '2026-01-01 09:00+03:30', '2026-01-01 10:00+03:30')",
+            terminal,
+            w.households[province],
+        )
+
+
+async def offline_gaps(w: World) -> None:
+    await offline_rows(w)
+    body = await expect(await w.client.get("/v1/admin/offline/gaps", headers=w.operator), 200)
+    assert [t["terminal_id"] for t in body["terminals"]] == [w.terminals[OWN]], body
+    body = await expect(await w.client.get("/v1/admin/offline/gaps", headers=w.national), 200)
+    assert len(body["terminals"]) == 2, body
+
+
+async def offline_declines(w: World) -> None:
+    await offline_rows(w)
+    path = "/v1/reports/offline-declines?date=2026-01-01"
+    body = await expect(await w.client.get(path, headers=w.auditor), 200)
+    assert [d["terminal_id"] for d in body["declines"]] == [w.terminals[OWN]], body
+    other = f"{path}&merchant_id={w.merchants[OTHER]}"
+    assert (await expect(await w.client.get(other, headers=w.auditor), 200))["declines"] == []
+
+
 Case = Callable[[World], Awaitable[None]]
 
 CASES: dict[tuple[str, str], Case] = {
@@ -290,6 +344,9 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/stats/tranches"): lambda w: national_read(w, "/v1/stats/tranches"),
     ("GET", "/v1/stats/history"): lambda w: national_read(w, "/v1/stats/history"),
     ("GET", "/v1/stats/activity"): lambda w: national_read(w, "/v1/stats/activity"),
+    ("GET", "/v1/reconciliation"): reconciliations,
+    ("GET", "/v1/admin/offline/gaps"): offline_gaps,
+    ("GET", "/v1/reports/offline-declines"): offline_declines,
 }
 
 
