@@ -503,7 +503,7 @@ async def test_each_ledger_page_query_forces_the_plan_its_comment_names(
     await conn.execute("ANALYZE ledger")
 
     async def plan(name: str, *filters: Any) -> str:
-        args = [*filters, *[None] * (8 - len(filters)), 0, 101, 10**9, None]
+        args = [*filters, *[None] * (8 - len(filters)), 0, 101, 10**9, None, None]
         async with conn.transaction():
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             rows = await conn.fetch("EXPLAIN " + db.q(name), *args)
