@@ -16,7 +16,7 @@ import statistics
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -43,17 +43,7 @@ SignalName = Literal[
     "terminal_volume_z",
     "far_apart",
 ]
-SIGNALS: tuple[SignalName, ...] = (
-    "emptied_share",
-    "burst_minutes",
-    "outside_province_share",
-    "round_share",
-    "after_hours_share",
-    "split_share",
-    "reversal_rate",
-    "terminal_volume_z",
-    "far_apart",
-)
+SIGNALS: tuple[SignalName, ...] = get_args(SignalName)
 
 # what each signal measures, for people (the API and CLI show it)
 DESCRIPTIONS: dict[SignalName, str] = {
