@@ -575,7 +575,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tls.add_argument("--merchant", type=_positive, default=None, help="only this store's")
     for verb in ("suspend", "activate"):
-        p = _command(terminals_group, verb, f"{verb} a POS terminal", _terminals_status)
+        p = _command(terminals_group, verb, f"{verb} a POS terminal", _terminals_change)
         p.add_argument("terminal_id", type=_positive, help="the terminal's id")
         p.set_defaults(status="suspended" if verb == "suspend" else "active")
     for verb, enabled in (("offline-enable", True), ("offline-disable", False)):
@@ -585,7 +585,7 @@ def _parser() -> argparse.ArgumentParser:
             "let a POS terminal approve purchases offline and forward them later"
             if enabled
             else "stop a POS terminal approving purchases offline (what it forwards is declined)",
-            _terminals_offline,
+            _terminals_change,
         )
         p.add_argument("terminal_id", type=_positive, help="the terminal's id")
         p.set_defaults(offline_enabled=enabled)
@@ -979,11 +979,15 @@ def _terminals_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminals_status(settings: Settings, args: argparse.Namespace) -> int:
+def _terminals_change(settings: Settings, args: argparse.Namespace) -> int:
+    """suspend/activate (args.status) or offline-enable/-disable (args.offline_enabled)."""
     from coupon import merchants
 
+    status: str | None = getattr(args, "status", None)
+    offline_enabled: bool | None = getattr(args, "offline_enabled", None)
+
     async def change(conn: db.Connection) -> Any:
-        return await merchants.set_terminal_status(conn, args.terminal_id, args.status)
+        return await merchants.set_terminal_status(conn, args.terminal_id, status, offline_enabled)
 
     try:
         terminal = _with_database(settings, change)
@@ -991,26 +995,12 @@ def _terminals_status(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(
             f"no terminal {args.terminal_id}: `coupon terminals list` shows them", 1
         ) from None
-    print(f"terminal {terminal.id} (merchant {terminal.merchant_id}) is {terminal.status}")
-    return 0
-
-
-def _terminals_offline(settings: Settings, args: argparse.Namespace) -> int:
-    from coupon import merchants
-
-    async def change(conn: db.Connection) -> Any:
-        return await merchants.set_terminal_status(
-            conn, args.terminal_id, None, args.offline_enabled
-        )
-
-    try:
-        terminal = _with_database(settings, change)
-    except errors.TerminalNotFound:
-        raise CliError(
-            f"no terminal {args.terminal_id}: `coupon terminals list` shows them", 1
-        ) from None
-    may = "may" if terminal.offline_enabled else "may not"
-    print(f"terminal {terminal.id} (merchant {terminal.merchant_id}) {may} work offline")
+    now = (
+        f"is {terminal.status}"
+        if status is not None
+        else f"{'may' if terminal.offline_enabled else 'may not'} work offline"
+    )
+    print(f"terminal {terminal.id} (merchant {terminal.merchant_id}) {now}")
     return 0
 
 

@@ -25,7 +25,7 @@ from tests.ha.traffic import ResendingLoad, check_primary, until, write_gap
 from tests.reliability.harness import Sent, Server, World, record, resolve
 
 RUNS = int(os.environ.get("COUPON_HA_RUNS", "1"))
-# `make ha-test` holds the targets; the suite only measures them (no timing asserts)
+# `make ha-test` holds the failover targets; the suite only measures them (no timing asserts)
 TARGETS = os.environ.get("COUPON_HA_TARGETS", "") not in ("", "0")
 TARGET_GAP = {"postmaster_crash": 5.0, "node_loss": 25.0}
 # how long both standbys stay away: commits wait (strict mode) and nothing may be confirmed
